@@ -1,0 +1,199 @@
+"""GRAM model configuration."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+# The published variants: audio format x patching. Feature channels: mono 1, binaural 2 (left, right
+# log-mels), ambisonics 7 (W, X, Y, Z log-mels + 3 intensity-vector channels).
+GRAM_FORMATS = {"mono": 1, "binaural": 2, "ambisonics": 7}
+GRAM_PATCHINGS = {
+    # (freq, time) patch size, MW-MAE decoder window size per head (0 = global attention)
+    "frame": ((16, 8), [2, 5, 10, 25, 50, 100, 0, 0]),
+    "time": ((128, 2), [2, 5, 10, 25, 50, 0, 0, 0]),
+}
+GRAM_VARIANTS = tuple(f"{fmt}-{patching}" for fmt in GRAM_FORMATS for patching in GRAM_PATCHINGS)
+POOLING_STRATEGIES = ("raw", "mean", "cls")
+# Written into every saved config and preprocessor config, so a saved directory loads with
+# trust_remote_code whatever classes were registered in the saving process.
+GRAM_AUTO_MAP = {
+    "AutoConfig": "configuration_gram.GramConfig",
+    "AutoModel": "modeling_gram.GramModel",
+    "AutoFeatureExtractor": "feature_extraction_gram.GramFeatureExtractor",
+}
+
+
+class GramConfig(PretrainedConfig):
+    r"""
+    Configuration of a GRAM model (General-purpose, Real-world Audio Model): a ViT encoder over
+    multi-channel log-mel spectrograms cut into 2-second chunks, with an MW-MAE decoder for pretraining.
+    The defaults are GRAM-Binaural with time patching; `GramConfig.from_variant(name)` gives any
+    published variant.
+
+    New fields (the others carry their usual `transformers` meaning):
+        num_channels (`int`, defaults to 2): feature channels of the spectrogram: 1 (mono), 2 (binaural),
+            7 (ambisonics: 4 log-mels + 3 intensity vectors).
+        chunk_frames (`int`, defaults to 200): spectrogram frames per chunk seen by the encoder (2 s).
+        patch_size (`tuple[int, int]`, defaults to `(128, 2)`): (mel bins, frames) of one patch; "time"
+            patching is `(128, 2)`, "frame" patching `(16, 8)`.
+        patch_stride (`tuple[int, int]`, *optional*): stride of the patch convolution; defaults to
+            `patch_size` (non-overlapping patches).
+        spectrogram_norm_eps (`float`, defaults to 1e-5): epsilon of the per-chunk normalisation.
+        decoder_window_sizes (`list[int]`): attention window of each decoder head, 0 = global.
+        pooling_strategy (`str`, defaults to `"raw"`): default of `GramModel.forward(strategy=...)`.
+        chunk_batch_size (`int`, defaults to 64): most chunks run through the encoder at once; longer
+            audio is encoded in sub-batches of this size to bound memory.
+
+    Example:
+
+    ```python
+    >>> from configuration_gram import GramConfig
+    >>> config = GramConfig.from_variant("ambisonics-frame")
+    >>> config.num_channels, config.patch_size, config.num_patches
+    (7, (16, 8), 200)
+    ```
+    """
+
+    model_type = "gram"
+
+    def __init__(
+        self,
+        num_channels: int = 2,
+        num_mel_bins: int = 128,
+        chunk_frames: int = 200,
+        patch_size: tuple[int, int] = (128, 2),
+        patch_stride: tuple[int, int] | None = None,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        layer_norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
+        initializer_range: float = 0.02,
+        spectrogram_norm_eps: float = 1e-5,
+        decoder_hidden_size: int = 512,
+        decoder_num_hidden_layers: int = 8,
+        decoder_num_attention_heads: int = 8,
+        decoder_intermediate_size: int = 2048,
+        decoder_layer_norm_eps: float = 1e-5,
+        decoder_window_sizes: list[int] | None = None,
+        mask_ratio: float = 0.8,
+        pooling_strategy: str = "raw",
+        sampling_rate: int = 32000,
+        hop_length: int = 320,
+        chunk_batch_size: int = 64,
+        **kwargs,
+    ):
+        # transformers 5.x keeps generation parameters away from model configs: drop `max_length`, the
+        # original Hub config's spelling of the chunk length, instead of failing on it.
+        legacy_chunk = kwargs.pop("max_length", None)
+        if legacy_chunk is not None and chunk_frames == 200:
+            chunk_frames = int(legacy_chunk)
+        auto_map = kwargs.pop("auto_map", None)
+        super().__init__(**kwargs)
+        self.auto_map = {**GRAM_AUTO_MAP, **(auto_map or {})}
+
+        patch_size = tuple(int(p) for p in patch_size)
+        patch_stride = tuple(int(p) for p in (patch_stride if patch_stride is not None else patch_size))
+        if len(patch_size) != 2 or len(patch_stride) != 2:
+            raise ValueError(f"patch_size and patch_stride must be (mel_bins, frames) pairs, got {patch_size}, {patch_stride}.")
+        if num_mel_bins % patch_stride[0] or chunk_frames % patch_stride[1] or patch_size != patch_stride:
+            raise ValueError(
+                f"Patches must tile the ({num_mel_bins} mel x {chunk_frames} frame) chunk without overlap: "
+                f"got patch_size={patch_size}, patch_stride={patch_stride}."
+            )
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}).")
+        if hidden_size % 4:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by 4 for the 2-D sin-cos position embedding.")
+        if decoder_window_sizes is None:
+            known = {size: windows for size, windows in GRAM_PATCHINGS.values()}
+            decoder_window_sizes = known.get(patch_size, [0] * decoder_num_attention_heads)
+            if len(decoder_window_sizes) != decoder_num_attention_heads:
+                decoder_window_sizes = [0] * decoder_num_attention_heads
+        decoder_window_sizes = [int(w) for w in decoder_window_sizes]
+        if len(decoder_window_sizes) != decoder_num_attention_heads:
+            raise ValueError(
+                f"Expected one decoder window size per decoder head ({decoder_num_attention_heads}), "
+                f"got {len(decoder_window_sizes)}: {decoder_window_sizes}."
+            )
+        if pooling_strategy not in POOLING_STRATEGIES:
+            raise ValueError(f"pooling_strategy must be one of {POOLING_STRATEGIES}, got {pooling_strategy!r}.")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+
+        self.num_channels = num_channels
+        self.num_mel_bins = num_mel_bins
+        self.chunk_frames = chunk_frames
+        self.patch_size = patch_size
+        self.patch_stride = patch_stride
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.qkv_bias = qkv_bias
+        self.initializer_range = initializer_range
+        self.spectrogram_norm_eps = spectrogram_norm_eps
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_num_hidden_layers = decoder_num_hidden_layers
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_intermediate_size = decoder_intermediate_size
+        self.decoder_layer_norm_eps = decoder_layer_norm_eps
+        self.decoder_window_sizes = decoder_window_sizes
+        self.mask_ratio = mask_ratio
+        self.pooling_strategy = pooling_strategy
+        self.sampling_rate = sampling_rate
+        self.hop_length = hop_length
+        self.chunk_batch_size = chunk_batch_size
+
+    @classmethod
+    def from_variant(cls, variant: str, **kwargs) -> "GramConfig":
+        """The configuration of a published variant, e.g. `"binaural-time"` or `"ambisonics-frame"`."""
+        fmt, _, patching = variant.partition("-")
+        if fmt not in GRAM_FORMATS or patching not in GRAM_PATCHINGS:
+            raise ValueError(f"Unknown GRAM variant {variant!r}; expected one of {', '.join(GRAM_VARIANTS)}.")
+        patch_size, window_sizes = GRAM_PATCHINGS[patching]
+        defaults = {
+            "num_channels": GRAM_FORMATS[fmt],
+            "patch_size": patch_size,
+            "decoder_window_sizes": list(window_sizes),
+        }
+        defaults.update(kwargs)
+        return cls(**defaults)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(frequency, time) patches per chunk."""
+        return self.num_mel_bins // self.patch_stride[0], self.chunk_frames // self.patch_stride[1]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def frame_embedding_size(self) -> int:
+        """Size of one time step of the "raw" embedding: the frequency patches of a step concatenated."""
+        return self.grid_size[0] * self.hidden_size
+
+    @property
+    def step_duration_ms(self) -> float:
+        """Duration of one "raw" embedding step in milliseconds (20 ms time patching, 80 ms frame)."""
+        return 1000.0 * self.patch_stride[1] * self.hop_length / self.sampling_rate
+
+    @property
+    def audio_format(self) -> str:
+        return {v: k for k, v in GRAM_FORMATS.items()}.get(self.num_channels, f"{self.num_channels}-channel")
+
+    @property
+    def patching(self) -> str:
+        for name, (size, _) in GRAM_PATCHINGS.items():
+            if tuple(self.patch_size) == size:
+                return name
+        return f"{self.patch_size[0]}x{self.patch_size[1]}"

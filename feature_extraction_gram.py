@@ -1,0 +1,336 @@
+"""Feature extractor for GRAM: multi-channel log-mel spectrograms (+ FOA intensity vectors)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BatchFeature, SequenceFeatureExtractor
+
+# Audio channels each model format consumes, by feature channels.
+AUDIO_CHANNELS_FOR_FEATURES = {1: 1, 2: 2, 7: 4}
+ACCEPTED_AUDIO_CHANNELS = (1, 2, 4)
+# Frames computed at once: bounds the memory of the complex STFT for long recordings.
+_FRAMES_PER_BLOCK = 4096
+
+
+def htk_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sampling_rate: int) -> torch.Tensor:
+    """Triangular HTK-scale mel filters without area normalisation, shape `(n_freqs, n_mels)`.
+
+    The filters of `torchaudio.functional.melscale_fbanks(..., norm=None, mel_scale="htk")`, computed in
+    the same float32 steps (the original features were made with them), without needing torchaudio.
+    """
+    mel_min = 2595.0 * math.log10(1.0 + f_min / 700.0)
+    mel_max = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    all_freqs = torch.linspace(0, sampling_rate // 2, n_freqs)
+    hz_points = 700.0 * (10.0 ** (torch.linspace(mel_min, mel_max, n_mels + 2) / 2595.0) - 1.0)
+    widths = hz_points[1:] - hz_points[:-1]  # (n_mels + 1,)
+    slopes = hz_points.unsqueeze(0) - all_freqs.unsqueeze(1)  # (n_freqs, n_mels + 2)
+    rising = -slopes[:, :-2] / widths[:-1]
+    falling = slopes[:, 2:] / widths[1:]
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+class GramFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Turns waveforms into the log-mel spectrograms GRAM was trained on, exactly as the original code:
+    a centred, reflect-padded STFT (Hann window of 1024 samples, hop 320 = 10 ms at 32 kHz), power
+    spectrum, 128 HTK mel filters from 50 Hz to 16 kHz, natural log of (mel + `log_offset`).
+
+    For ambisonics (`num_channels=7`) the input is first-order ambisonics `[W, X, Y, Z]` and the features
+    are its 4 log-mels followed by the 3 mel-scaled normalised active intensity vectors
+    `I = 2 Re(conj(W) [X, Y, Z]) / (eps + |W|^2 + |X|^2 + |Y|^2 + |Z|^2)`.
+
+    Channel adaptation (as the original runtime does): into a binaural model, mono is duplicated and FOA
+    uses its W channel twice; into a mono model, stereo is averaged and FOA uses W; into an ambisonics
+    model, mono is repeated on W, X, Y and Z (the original's rule for clean training data) and stereo is
+    first averaged to mono. Other channel counts are rejected.
+
+    Args:
+        num_channels (`int`, defaults to 2): feature channels of the model: 1, 2 or 7.
+        num_mel_bins (`int`, defaults to 128): mel filters.
+        sampling_rate (`int`, defaults to 32000): the only rate accepted unless `resample=True` is given.
+        n_fft, win_length, hop_length, f_min, f_max: STFT and filterbank settings.
+        log_offset (`float`, *optional*): added before the log. The published inference code uses
+            float32 machine epsilon (1.19e-7) for mono/binaural and 1e-6 for ambisonics (the default
+            here); the original pretraining used 1e-5 for mono/binaural.
+        intensity_eps (`float`, defaults to 1e-6): epsilon of the intensity-vector normalisation.
+        padding_value (`float`, defaults to 0.0): the log-mel value of padded frames (the original pads with 0).
+    """
+
+    model_input_names = ["input_values", "attention_mask"]
+
+    def __init__(
+        self,
+        num_channels: int = 2,
+        num_mel_bins: int = 128,
+        sampling_rate: int = 32000,
+        n_fft: int = 1024,
+        win_length: int = 1024,
+        hop_length: int = 320,
+        f_min: float = 50.0,
+        f_max: float | None = None,
+        log_offset: float | None = None,
+        intensity_eps: float = 1e-6,
+        padding_value: float = 0.0,
+        return_attention_mask: bool = True,
+        **kwargs,
+    ):
+        super().__init__(
+            feature_size=num_mel_bins,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        if num_channels not in AUDIO_CHANNELS_FOR_FEATURES:
+            raise ValueError(f"num_channels must be 1 (mono), 2 (binaural) or 7 (ambisonics), got {num_channels}.")
+        if win_length > n_fft:
+            raise ValueError(f"win_length ({win_length}) must not exceed n_fft ({n_fft}).")
+        self.num_channels = num_channels
+        self.num_mel_bins = num_mel_bins
+        self.n_fft = n_fft
+        self.win_length = win_length
+        self.hop_length = hop_length
+        self.f_min = float(f_min)
+        self.f_max = float(f_max if f_max is not None else sampling_rate // 2)
+        if log_offset is None:
+            log_offset = 1e-6 if num_channels == 7 else float(torch.finfo(torch.float32).eps)
+        self.log_offset = float(log_offset)
+        self.intensity_eps = float(intensity_eps)
+        self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def audio_channels(self) -> int:
+        """Channels of the audio the model is made for: 1 (mono), 2 (binaural) or 4 (FOA W, X, Y, Z)."""
+        return AUDIO_CHANNELS_FOR_FEATURES[self.num_channels]
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_device_cache", None)
+        return output
+
+    # ----------------------------------------------------------------------------------------------
+    # Public entry point
+    # ----------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        raw_audio: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
+        sampling_rate: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        resample: bool = False,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        r"""
+        Computes features of one clip or a batch of clips.
+
+        Args:
+            raw_audio: one clip, `(num_samples,)` (mono) or `(channels, num_samples)`; or a batch, as a list
+                of such clips (lengths may differ) or an array `(batch, channels, num_samples)`. numpy or
+                torch; float audio in [-1, 1]; int16/int32/uint8 PCM is scaled to [-1, 1). A 2-D array is
+                always ONE clip: pass a batch of mono clips as a list or as `(batch, 1, num_samples)`.
+            sampling_rate (`int`): the rate of `raw_audio`. Required, so that audio at another rate is
+                never silently misread.
+            return_tensors (`str`, *optional*): "pt" for torch tensors, "np" (default) for numpy arrays.
+            return_attention_mask (`bool`, *optional*): defaults to the extractor's setting (True).
+            resample (`bool`, defaults to False): resample audio at another rate (needs torchaudio)
+                instead of raising an error.
+            device (*optional*): compute (and, with "pt", return) the features on this device.
+
+        Returns:
+            [`BatchFeature`] with `input_values` float32 `(batch, num_channels, num_frames, num_mel_bins)`,
+            `num_frames = num_samples // hop_length + 1` of the longest clip, shorter clips padded with
+            `padding_value`; and `attention_mask` int32 `(batch, num_frames)`, 1 on each clip's real frames.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments: {', '.join(sorted(kwargs))}.")
+        if sampling_rate is None:
+            raise ValueError(
+                f"`sampling_rate` is required: GRAM expects {self.sampling_rate} Hz audio; call "
+                f"extractor(audio, sampling_rate={self.sampling_rate})."
+            )
+        if sampling_rate != self.sampling_rate and not resample:
+            raise ValueError(
+                f"GRAM expects audio at {self.sampling_rate} Hz, got {sampling_rate} Hz. Resample it first, "
+                "or pass resample=True."
+            )
+        if return_tensors not in (None, "np", "pt"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+
+        clips = [self._adapt_channels(clip, i) for i, clip in enumerate(self._split_batch(raw_audio))]
+        if sampling_rate != self.sampling_rate:
+            clips = [self._resample(clip, sampling_rate) for clip in clips]
+        features = [self.extract(clip.to(device)) for clip in clips]
+
+        num_frames = [feat.shape[1] for feat in features]
+        longest = max(num_frames)
+        input_values = torch.full(
+            (len(features), self.num_channels, longest, self.num_mel_bins), self.padding_value, device=device
+        )
+        attention_mask = torch.zeros(len(features), longest, dtype=torch.int32, device=device)
+        for i, feat in enumerate(features):
+            input_values[i, :, : feat.shape[1]] = feat
+            attention_mask[i, : feat.shape[1]] = 1
+
+        data = {"input_values": input_values}
+        if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
+            data["attention_mask"] = attention_mask
+        if return_tensors != "pt":
+            data = {k: v.cpu().numpy() for k, v in data.items()}
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    # ----------------------------------------------------------------------------------------------
+    # Features
+    # ----------------------------------------------------------------------------------------------
+    def extract(self, audio: torch.Tensor) -> torch.Tensor:
+        """Features of one clip already in the model's channel layout.
+
+        Args:
+            audio (`torch.FloatTensor` of shape `(audio_channels, num_samples)`).
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_channels, num_samples // hop_length + 1, num_mel_bins)`.
+        """
+        num_samples = audio.shape[-1]
+        if num_samples <= self.n_fft // 2:
+            raise ValueError(
+                f"Audio too short: {num_samples} samples; the reflect-padded STFT needs more than "
+                f"{self.n_fft // 2} samples ({1000 * (self.n_fft // 2 + 1) / self.sampling_rate:.0f} ms)."
+            )
+        window, filterbank = self._get_buffers(audio.device)
+        total_frames = num_samples // self.hop_length + 1
+        # Pad once as torch.stft(center=True) would, then frame blocks of it: identical frames, bounded memory.
+        padded = F.pad(audio.float().unsqueeze(0), (self.n_fft // 2, self.n_fft // 2), mode="reflect")[0]
+        blocks = []
+        for start in range(0, total_frames, _FRAMES_PER_BLOCK):
+            stop = min(start + _FRAMES_PER_BLOCK, total_frames)
+            segment = padded[:, start * self.hop_length : (stop - 1) * self.hop_length + self.n_fft]
+            spectrum = torch.stft(
+                segment, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
+            )  # (C, n_fft // 2 + 1, frames)
+            blocks.append(self._spectrum_to_features(spectrum, filterbank))
+        return torch.cat(blocks, dim=1)
+
+    def _spectrum_to_features(self, spectrum: torch.Tensor, filterbank: torch.Tensor) -> torch.Tensor:
+        power = spectrum.real.square() + spectrum.imag.square()  # (C, freqs, frames)
+        log_mel = torch.log(power.transpose(-1, -2) @ filterbank + self.log_offset)  # (C, frames, mels)
+        if self.num_channels != 7:
+            return log_mel
+        omni, directional = spectrum[:1], spectrum[1:]
+        intensity = 2.0 * (omni.conj() * directional).real  # (3, freqs, frames)
+        energy = self.intensity_eps + power.sum(dim=0, keepdim=True)
+        intensity_mel = (intensity / energy).transpose(-1, -2) @ filterbank  # (3, frames, mels)
+        return torch.cat([log_mel, intensity_mel], dim=0)
+
+    def _get_buffers(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._device_cache:
+            window = torch.hann_window(self.win_length, device=device)
+            filterbank = htk_mel_filterbank(
+                self.n_fft // 2 + 1, self.f_min, self.f_max, self.num_mel_bins, self.sampling_rate
+            ).to(device)
+            self._device_cache[device] = (window, filterbank)
+        return self._device_cache[device]
+
+    # ----------------------------------------------------------------------------------------------
+    # Input checking and channel adaptation
+    # ----------------------------------------------------------------------------------------------
+    def _split_batch(self, raw_audio) -> list[torch.Tensor]:
+        if isinstance(raw_audio, (list, tuple)):
+            if len(raw_audio) == 0:
+                raise ValueError("Expected audio, got an empty list.")
+            if all(isinstance(x, (int, float)) for x in raw_audio):
+                return [self._to_tensor(np.asarray(raw_audio, dtype=np.float32), 0)]
+            clips = [self._to_tensor(clip, i) for i, clip in enumerate(raw_audio)]
+            for i, clip in enumerate(clips):
+                if clip.ndim > 2:
+                    raise ValueError(
+                        f"Clip {i} has shape {tuple(clip.shape)}; each clip in a list must be (num_samples,) "
+                        "or (channels, num_samples)."
+                    )
+            return clips
+        audio = self._to_tensor(raw_audio, 0)
+        if audio.ndim == 3:
+            return list(audio.unbind(0))
+        if audio.ndim in (1, 2):
+            return [audio]
+        raise ValueError(
+            f"Expected audio of shape (num_samples,), (channels, num_samples) or (batch, channels, num_samples), "
+            f"got {tuple(audio.shape)}."
+        )
+
+    @staticmethod
+    def _to_tensor(clip, index: int) -> torch.Tensor:
+        if isinstance(clip, torch.Tensor):
+            tensor = clip.detach()
+            if tensor.dtype == torch.int16:
+                tensor = tensor.float() / 32768.0
+            elif tensor.dtype == torch.int32:
+                tensor = tensor.double() / 2147483648.0
+            elif tensor.dtype == torch.uint8:
+                tensor = (tensor.float() - 128.0) / 128.0
+            elif not tensor.is_floating_point():
+                raise TypeError(
+                    f"Clip {index} has dtype {tensor.dtype}; expected float audio or int16/int32/uint8 PCM."
+                )
+            tensor = tensor.float()
+        elif isinstance(clip, np.ndarray):
+            if clip.dtype == np.int16:
+                clip = clip.astype(np.float32) / 32768.0
+            elif clip.dtype == np.int32:
+                clip = clip.astype(np.float64) / 2147483648.0
+            elif clip.dtype == np.uint8:
+                clip = (clip.astype(np.float32) - 128.0) / 128.0
+            elif clip.dtype.kind != "f":
+                raise TypeError(f"Clip {index} has dtype {clip.dtype}; expected float audio or int16/int32/uint8 PCM.")
+            tensor = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))
+        else:
+            raise TypeError(f"Clip {index} is a {type(clip).__name__}; expected a numpy array or a torch tensor.")
+        if tensor.numel() == 0:
+            raise ValueError(f"Clip {index} is empty (shape {tuple(tensor.shape)}).")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"Clip {index} contains NaN or Inf samples.")
+        return tensor
+
+    def _adapt_channels(self, clip: torch.Tensor, index: int) -> torch.Tensor:
+        """(channels, samples) in the layout the model was trained on."""
+        if clip.ndim == 1:
+            clip = clip.unsqueeze(0)
+        channels, samples = clip.shape
+        if channels not in ACCEPTED_AUDIO_CHANNELS:
+            if samples in ACCEPTED_AUDIO_CHANNELS and channels > samples:
+                raise ValueError(
+                    f"Clip {index} has shape {tuple(clip.shape)}, which looks like (num_samples, channels); "
+                    "GRAM expects (channels, num_samples): pass audio.T."
+                )
+            raise ValueError(
+                f"Clip {index} has {channels} channels (shape {tuple(clip.shape)}); expected (num_samples,) or "
+                "(channels, num_samples) with 1 (mono), 2 (binaural/stereo) or 4 (FOA W, X, Y, Z) channels. "
+                "A batch of mono clips is a list or a (batch, 1, num_samples) array."
+            )
+        target = self.audio_channels
+        if channels == target:
+            return clip
+        if target == 1:  # stereo -> mean, FOA -> W
+            return clip.mean(dim=0, keepdim=True) if channels == 2 else clip[:1]
+        if target == 2:  # mono -> duplicated, FOA -> W twice
+            return clip[:1].expand(2, -1)
+        # ambisonics: mono (or stereo averaged to mono) on all of W, X, Y, Z
+        mono = clip.mean(dim=0, keepdim=True) if channels == 2 else clip
+        return mono.expand(4, -1)
+
+    def _resample(self, clip: torch.Tensor, sampling_rate: int) -> torch.Tensor:
+        try:
+            import torchaudio.functional as AF
+        except ImportError as error:  # pragma: no cover - torchaudio is part of the default install
+            raise ImportError("resample=True needs torchaudio; install it or resample the audio yourself.") from error
+        gcd = math.gcd(int(sampling_rate), int(self.sampling_rate))
+        return AF.resample(clip, int(sampling_rate) // gcd, int(self.sampling_rate) // gcd)
+
+
+GramFeatureExtractor.register_for_auto_class()

@@ -1,0 +1,518 @@
+"""PyTorch GRAM model: a ViT encoder over 2-second chunks of multi-channel log-mel spectrograms."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+try:  # loaded by transformers as remote code (a package)
+    from .configuration_gram import POOLING_STRATEGIES, GramConfig
+except ImportError:  # imported directly from the repository root
+    from configuration_gram import POOLING_STRATEGIES, GramConfig
+
+
+def get_2d_sincos_position_embeddings(embed_dim: int, grid_size: tuple[int, int], add_cls_token: bool) -> torch.Tensor:
+    """Fixed 2-D sin-cos table of the original (MAE/AudioMAE `get_2d_sincos_pos_embed`), in float64.
+
+    Returns a tensor of shape `(grid_f * grid_t + add_cls_token, embed_dim)`, patches in (freq, time)
+    row-major order; the CLS row is zeros. As in the original, the first half of the channels encodes the
+    time index and the second half the frequency index.
+    """
+    grid_f, grid_t = grid_size
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0))
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:  # (M,) -> (M, embed_dim / 2)
+        angles = positions.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    freq_index, time_index = torch.meshgrid(
+        torch.arange(grid_f, dtype=torch.float64), torch.arange(grid_t, dtype=torch.float64), indexing="ij"
+    )
+    table = torch.cat([encode(time_index), encode(freq_index)], dim=1)
+    if add_cls_token:
+        table = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), table], dim=0)
+    return table
+
+
+# ------------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class GramModelOutput(ModelOutput):
+    r"""
+    Output of [`GramModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_steps, frame_embedding_size)`):
+            Time-resolved ("raw") embeddings: one vector per time step of patches (20 ms for time patching,
+            80 ms for frame patching), the frequency patches of a step concatenated. Steps past a clip's end
+            are zero (see `embedding_mask`). Always float32.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, embedding_size)`):
+            Clip embedding by the pooling strategy: "raw" (`frame_embedding_size`), "mean" or "cls"
+            (`hidden_size`). Always float32.
+        embedding_mask (`torch.LongTensor` of shape `(batch_size, num_steps)`):
+            1 for the steps of `last_hidden_state` that hold real audio, 0 for padding.
+        timestamps (`torch.FloatTensor` of shape `(num_steps,)`):
+            Time in milliseconds of the first frame of each step.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The patch embeddings and the output of each layer, each of shape
+            `(batch_size, num_chunks, 1 + num_patches, hidden_size)` (CLS first, zeros for chunks past a
+            clip's end).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            Attention weights of each layer, each of shape
+            `(batch_size, num_chunks, num_heads, 1 + num_patches, 1 + num_patches)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    embedding_mask: torch.LongTensor | None = None
+    timestamps: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Embeddings
+# ------------------------------------------------------------------------------------------------------
+class GramPatchEmbeddings(nn.Module):
+    """Non-overlapping (freq x time) patches of a chunk, projected by one convolution."""
+
+    def __init__(self, config: GramConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_stride
+        )
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        # (N, C, mels, frames) -> (N, D, grid_f, grid_t) -> (N, grid_f * grid_t, D)
+        return self.projection(spectrogram).flatten(2).transpose(1, 2)
+
+
+class GramEmbeddings(nn.Module):
+    """Chunk normalisation, patch embedding, fixed sin-cos position embedding and the CLS token."""
+
+    def __init__(self, config: GramConfig):
+        super().__init__()
+        self.config = config
+        self.normalized_shape = (config.num_channels, config.num_mel_bins, config.chunk_frames)
+        self.patch_embeddings = GramPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        # Fixed, but a parameter so that it is saved with the weights (and restored on loading).
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, config.num_patches + 1, config.hidden_size), requires_grad=False
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def initialize_position_embeddings(self) -> None:
+        table = get_2d_sincos_position_embeddings(self.config.hidden_size, self.config.grid_size, add_cls_token=True)
+        with torch.no_grad():
+            self.position_embeddings.copy_(table.unsqueeze(0).to(self.position_embeddings.dtype))
+
+    def normalize(self, chunks: torch.Tensor) -> torch.Tensor:
+        """Per-chunk normalisation of the original: LayerNorm without affine over (channels, mels, frames).
+
+        Args:
+            chunks (`torch.FloatTensor` of shape `(num_chunks, num_channels, chunk_frames, num_mel_bins)`).
+
+        Returns:
+            float32 `(num_chunks, num_channels, num_mel_bins, chunk_frames)`, frequency first as the patches.
+        """
+        spectrogram = chunks.float().transpose(2, 3)
+        return F.layer_norm(spectrogram, self.normalized_shape, eps=self.config.spectrogram_norm_eps)
+
+    def forward(self, normalized: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            normalized (`torch.FloatTensor` of shape `(num_chunks, num_channels, num_mel_bins, chunk_frames)`):
+                output of `normalize`.
+            bool_masked_pos (`torch.BoolTensor` of shape `(num_chunks, num_patches)`, *optional*): patches to
+                drop (True = masked); every chunk must mask the same number of patches.
+
+        Returns:
+            `(num_chunks, 1 + num_kept_patches, hidden_size)`, CLS first.
+        """
+        weight = self.patch_embeddings.projection.weight
+        patches = self.patch_embeddings(normalized.to(weight.dtype))  # (N, P, D)
+        patches = patches + self.position_embeddings[:, 1:]
+        if bool_masked_pos is not None:
+            kept = (~bool_masked_pos).sum(dim=1)
+            if kept.numel() and not bool(torch.all(kept == kept[0])):
+                raise ValueError("bool_masked_pos must mask the same number of patches in every sample.")
+            patches = patches[~bool_masked_pos].reshape(patches.shape[0], -1, patches.shape[-1])
+        cls = (self.cls_token + self.position_embeddings[:, :1]).expand(patches.shape[0], -1, -1)
+        return self.dropout(torch.cat([cls, patches], dim=1))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Encoder
+# ------------------------------------------------------------------------------------------------------
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention over `(batch, heads, seq, head_dim)`; returns `(batch, seq, heads, head_dim)`."""
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+class GramSelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (the layout of `nn.MultiheadAttention.in_proj`)."""
+
+    def __init__(self, config: GramConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        batch, seq_len, _ = hidden_states.shape
+        # (B, L, 3D) -> 3 x (B, H, L, hd)
+        query, key, value = self.qkv(hidden_states).view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4
+        )
+        attention_fn: Callable = eager_attention_forward
+        if not output_attentions and self.config._attn_implementation != "eager":
+            attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        context, weights = attention_fn(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+            is_causal=False,
+        )
+        return self.proj(context.reshape(batch, seq_len, -1)), weights
+
+
+class GramMLP(nn.Module):
+    def __init__(self, config: GramConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        if config.hidden_act != "gelu":
+            raise ValueError(f"GRAM uses exact GELU; hidden_act={config.hidden_act!r} is not supported.")
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(hidden_states)))))
+
+
+class GramLayer(nn.Module):
+    """Pre-LN transformer block (the original's torchvision `EncoderBlock`)."""
+
+    def __init__(self, config: GramConfig):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = GramSelfAttention(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = GramMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        attended, weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        hidden_states = hidden_states + self.mlp(self.layernorm_after(hidden_states))
+        return hidden_states, weights
+
+
+class GramEncoder(nn.Module):
+    def __init__(self, config: GramConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([GramLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                hidden_states, weights = torch.utils.checkpoint.checkpoint(
+                    layer, hidden_states, output_attentions, use_reentrant=False
+                )
+            else:
+                hidden_states, weights = layer(hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return hidden_states, all_hidden, all_attentions
+
+
+# ------------------------------------------------------------------------------------------------------
+# Pretrained model base
+# ------------------------------------------------------------------------------------------------------
+REMOTE_CODE_FILES = ("configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py")
+
+
+def _init_unless_loaded(tensor: torch.Tensor, init_fn: Callable[[torch.Tensor], None]) -> None:
+    # transformers marks tensors filled from a checkpoint; never overwrite those.
+    if not getattr(tensor, "_is_hf_initialized", False):
+        with torch.no_grad():
+            init_fn(tensor)
+
+
+class GramPreTrainedModel(PreTrainedModel):
+    config_class = GramConfig
+    base_model_prefix = "gram"
+    main_input_name = "input_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    _no_split_modules = ["GramLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            _init_unless_loaded(module.weight, nn.init.xavier_uniform_)
+            if module.bias is not None:
+                _init_unless_loaded(module.bias, nn.init.zeros_)
+        elif isinstance(module, nn.Conv2d):
+            # As MAE: a linear layer over flattened patches.
+            _init_unless_loaded(module.weight, lambda w: nn.init.xavier_uniform_(w.view(w.shape[0], -1)))
+            if module.bias is not None:
+                _init_unless_loaded(module.bias, nn.init.zeros_)
+        elif isinstance(module, nn.LayerNorm):
+            _init_unless_loaded(module.weight, nn.init.ones_)
+            _init_unless_loaded(module.bias, nn.init.zeros_)
+        elif isinstance(module, GramEmbeddings):
+            _init_unless_loaded(module.cls_token, lambda t: nn.init.normal_(t, std=std))
+            # The table is fixed: rebuilding it is always right, also when a checkpoint lacks it.
+            module.initialize_position_embeddings()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the remote-code files, so the directory loads with
+        `trust_remote_code=True` on its own (also offline)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in REMOTE_CODE_FILES:
+            source = os.path.join(here, name)
+            if os.path.isfile(source):
+                shutil.copyfile(source, os.path.join(save_directory, name))
+
+
+# ------------------------------------------------------------------------------------------------------
+# The encoder model
+# ------------------------------------------------------------------------------------------------------
+class GramModel(GramPreTrainedModel):
+    r"""
+    GRAM encoder. Takes log-mel spectrograms of any length, cuts them into `chunk_frames`-frame chunks (the
+    last one zero-padded), encodes all chunks of all clips as one batch (in sub-batches of
+    `config.chunk_batch_size`) and pools them as the original GRAM does.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from configuration_gram import GramConfig
+    >>> from modeling_gram import GramModel
+    >>> config = GramConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    >>> model = GramModel(config).eval()
+    >>> input_values = torch.randn(1, 2, 301, 128)  # 3 s of binaural log-mels
+    >>> output = model(input_values, strategy="mean")
+    >>> output.last_hidden_state.shape, output.pooler_output.shape
+    (torch.Size([1, 151, 64]), torch.Size([1, 64]))
+    ```
+    """
+
+    def __init__(self, config: GramConfig):
+        super().__init__(config)
+        self.config = config
+        self.embeddings = GramEmbeddings(config)
+        self.encoder = GramEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def encode_chunks(
+        self,
+        chunks: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """Encoder over a batch of chunks, without pooling.
+
+        Args:
+            chunks (`torch.FloatTensor` of shape `(num_chunks, num_channels, chunk_frames, num_mel_bins)`).
+            bool_masked_pos (`torch.BoolTensor` of shape `(num_chunks, num_patches)`, *optional*).
+
+        Returns:
+            `(tokens, hidden_states, attentions)`: tokens `(num_chunks, 1 + num_kept_patches, hidden_size)`
+            after the final LayerNorm, CLS first; the per-layer tuples or None.
+        """
+        embedded = self.embeddings(self.embeddings.normalize(chunks), bool_masked_pos)
+        hidden, all_hidden, all_attentions = self.encoder(embedded, output_hidden_states, output_attentions)
+        return self.layernorm(hidden), all_hidden, all_attentions
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        strategy: str | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GramModelOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_channels, num_frames, num_mel_bins)`):
+                Log-mel features from [`GramFeatureExtractor`]; any number of frames.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
+                1 for real frames, 0 for padding (right padding only). With it, a clip gets the same
+                embeddings alone or in a padded batch.
+            strategy (`str`, *optional*): pooling of `pooler_output`: "raw" (mean of the time-resolved
+                embeddings over real steps), "mean" (mean over each chunk's patch tokens, then over the clip's
+                chunks) or "cls" (each chunk's CLS token, averaged over chunks). Defaults to
+                `config.pooling_strategy`.
+            output_hidden_states, output_attentions, return_dict: as in `transformers`.
+        """
+        if kwargs:
+            raise TypeError(f"GramModel.forward() got unexpected arguments: {', '.join(sorted(kwargs))}.")
+        strategy = strategy if strategy is not None else self.config.pooling_strategy
+        if strategy not in POOLING_STRATEGIES:
+            raise ValueError(f"strategy must be one of {POOLING_STRATEGIES}, got {strategy!r}.")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        num_frames = self._check_inputs(input_values, attention_mask)
+        chunk_frames = self.config.chunk_frames
+        num_chunks = (num_frames + chunk_frames - 1) // chunk_frames  # (B,)
+        batch, channels, frames, mels = input_values.shape
+        max_chunks = int(num_chunks.max())
+
+        # Zero every frame past a clip's end (the original's padding), whatever the batch was padded with.
+        padded = F.pad(input_values, (0, 0, 0, max_chunks * chunk_frames - frames)) if max_chunks * chunk_frames > frames else input_values[:, :, : max_chunks * chunk_frames]
+        frame_is_real = torch.arange(padded.shape[2], device=padded.device) < num_frames[:, None]
+        padded = torch.where(frame_is_real[:, None, :, None], padded, torch.zeros((), dtype=padded.dtype, device=padded.device))
+        # (B, C, n * chunk, F) -> (B, n, C, chunk, F)
+        chunks = padded.view(batch, channels, max_chunks, chunk_frames, mels).transpose(1, 2)
+        chunk_is_real = torch.arange(max_chunks, device=padded.device) < num_chunks[:, None]  # (B, n)
+
+        tokens, all_hidden, all_attentions = self._encode_in_sub_batches(
+            chunks[chunk_is_real], output_hidden_states, output_attentions
+        )  # tokens: (M, 1 + P, D) float32, M real chunks
+
+        def per_clip(values: torch.Tensor) -> torch.Tensor:  # (M, ...) -> (B, n, ...), zeros for missing chunks
+            out = values.new_zeros((batch, max_chunks) + tuple(values.shape[1:]))
+            out[chunk_is_real] = values
+            return out
+
+        # "raw": b (f t) d -> b t (f d) per chunk, then chunks concatenated in time.
+        grid_f, grid_t = self.config.grid_size
+        steps = tokens[:, 1:].reshape(-1, grid_f, grid_t, tokens.shape[-1]).transpose(1, 2).flatten(2)
+        steps = per_clip(steps).flatten(1, 2)  # (B, n * grid_t, f * D)
+        frames_per_step = self.config.patch_stride[1]
+        num_steps = (num_frames + frames_per_step - 1) // frames_per_step  # steps touching real frames
+        steps = steps[:, : int(num_steps.max())]
+        embedding_mask = (torch.arange(steps.shape[1], device=steps.device) < num_steps[:, None]).long()
+        last_hidden_state = steps * embedding_mask[..., None]
+
+        if strategy == "raw":
+            pooled = last_hidden_state.sum(dim=1) / num_steps[:, None]
+        else:
+            per_chunk = tokens[:, 0] if strategy == "cls" else tokens[:, 1:].mean(dim=1)
+            pooled = per_clip(per_chunk).sum(dim=1) / num_chunks[:, None]
+
+        timestamps = torch.arange(steps.shape[1], device=steps.device, dtype=torch.float32) * self.config.step_duration_ms
+        hidden_states = tuple(per_clip(h) for h in all_hidden) if output_hidden_states else None
+        attentions = tuple(per_clip(a) for a in all_attentions) if output_attentions else None
+        if not return_dict:
+            return tuple(
+                v for v in (last_hidden_state, pooled, embedding_mask, timestamps, hidden_states, attentions) if v is not None
+            )
+        return GramModelOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            embedding_mask=embedding_mask,
+            timestamps=timestamps,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+
+    def _encode_in_sub_batches(self, chunks: torch.Tensor, output_hidden_states: bool, output_attentions: bool):
+        size = max(1, int(self.config.chunk_batch_size))
+        tokens, hidden, attentions = [], [], []
+        for start in range(0, chunks.shape[0], size):
+            out, layer_hidden, layer_attentions = self.encode_chunks(
+                chunks[start : start + size], None, output_hidden_states, output_attentions
+            )
+            tokens.append(out.float())
+            hidden.append(layer_hidden)
+            attentions.append(layer_attentions)
+
+        def join(parts):  # list over sub-batches of tuples over layers -> tuple over layers
+            return tuple(torch.cat(layer, dim=0) for layer in zip(*parts))
+
+        return (
+            torch.cat(tokens, dim=0),
+            join(hidden) if output_hidden_states else None,
+            join(attentions) if output_attentions else None,
+        )
+
+    def _check_inputs(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Validates the inputs; returns each clip's number of real frames `(batch_size,)`."""
+        if not isinstance(input_values, torch.Tensor):
+            raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}.")
+        if not input_values.is_floating_point():
+            raise TypeError(f"input_values must be floating point log-mels, got dtype {input_values.dtype}.")
+        expected = f"(batch_size, {self.config.num_channels}, num_frames, {self.config.num_mel_bins})"
+        if input_values.ndim != 4:
+            raise ValueError(f"Expected input_values of shape {expected}, got {tuple(input_values.shape)}.")
+        batch, channels, frames, mels = input_values.shape
+        if channels != self.config.num_channels or mels != self.config.num_mel_bins or frames == 0 or batch == 0:
+            raise ValueError(
+                f"Expected input_values of shape {expected} (this is a {self.config.audio_format} model), "
+                f"got {tuple(input_values.shape)}."
+            )
+        if attention_mask is None:
+            return torch.full((batch,), frames, dtype=torch.long, device=input_values.device)
+        if tuple(attention_mask.shape) != (batch, frames):
+            raise ValueError(f"Expected attention_mask of shape {(batch, frames)}, got {tuple(attention_mask.shape)}.")
+        mask = attention_mask.to(device=input_values.device).long()
+        num_frames = mask.sum(dim=1)
+        prefix = torch.arange(frames, device=mask.device) < num_frames[:, None]
+        if not torch.equal(mask, prefix.long()):
+            raise ValueError("attention_mask must be 1 on a prefix of real frames and 0 on right padding only.")
+        if bool((num_frames == 0).any()):
+            raise ValueError("Every clip needs at least one real frame; attention_mask has an all-zero row.")
+        return num_frames
+
+
+GramConfig.register_for_auto_class()
+GramModel.register_for_auto_class("AutoModel")

@@ -1,0 +1,66 @@
+"""Shared helpers: the repository root on sys.path (as the trainer and tools import it), offline Hub,
+tiny configurations, and pairs of (package model, original reference) with identical weights."""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from configuration_gram import GramConfig  # noqa: E402
+from modeling_gram import GramModel  # noqa: E402
+from reference_gram import OriginalGramEncoder, original_to_package_state_dict  # noqa: E402
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+VARIANTS = [f"{fmt}-{patching}" for fmt in ("binaural", "ambisonics", "mono") for patching in ("frame", "time")]
+STRATEGIES = ["raw", "mean", "cls"]
+
+
+def tiny_config(variant="binaural-time", **overrides) -> GramConfig:
+    return GramConfig.from_variant(variant, **{**TINY, **overrides})
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def model_pair(config: GramConfig, seed: int = 0):
+    """(GramModel, OriginalGramEncoder) sharing the original's randomly initialised weights."""
+    torch.manual_seed(seed)
+    original = OriginalGramEncoder(
+        in_channels=config.num_channels, fshape=config.patch_size[0], tshape=config.patch_size[1],
+        hidden=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
+        mlp=config.intermediate_size,
+    ).eval()
+    model = GramModel(config).eval()
+    state = original_to_package_state_dict(original.state_dict(), config.num_hidden_layers)
+    model.load_state_dict(state, strict=True)
+    return model, original
+
+
+@pytest.fixture(scope="session")
+def audio_clips():
+    """Deterministic, audio-like test signals at 32 kHz: harmonic tones with onsets plus a little noise."""
+    generator = torch.Generator().manual_seed(1234)
+
+    def make(channels: int, seconds: float) -> torch.Tensor:
+        n = int(seconds * 32000)
+        t = torch.arange(n) / 32000
+        signals = []
+        for c in range(channels):
+            f0 = 220.0 * (1 + c * 0.25)
+            tone = sum(torch.sin(2 * torch.pi * f0 * k * t + c) / k for k in range(1, 6))
+            envelope = (torch.sin(2 * torch.pi * 1.5 * t + c).clamp_min(0)) ** 2
+            noise = 0.02 * torch.randn(n, generator=generator)
+            signals.append(0.2 * tone * envelope + noise)
+        return torch.stack(signals)
+
+    return make

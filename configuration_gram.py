@@ -41,7 +41,7 @@ class GramConfig(PretrainedConfig):
         spectrogram_norm_eps (`float`, defaults to 1e-5): epsilon of the per-chunk normalisation.
         decoder_window_sizes (`list[int]`): attention window of each decoder head, 0 = global.
         pooling_strategy (`str`, defaults to `"raw"`): default of `GramModel.forward(strategy=...)`.
-        chunk_batch_size (`int`, defaults to 64): most chunks run through the encoder at once; longer
+        chunk_batch_size (`int`, defaults to 32): most chunks run through the encoder at once; longer
             audio is encoded in sub-batches of this size to bound memory.
 
     Example:
@@ -84,7 +84,7 @@ class GramConfig(PretrainedConfig):
         pooling_strategy: str = "raw",
         sampling_rate: int = 32000,
         hop_length: int = 320,
-        chunk_batch_size: int = 64,
+        chunk_batch_size: int = 32,
         **kwargs,
     ):
         # transformers 5.x keeps generation parameters away from model configs: drop `max_length`, the

@@ -206,12 +206,17 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             )
         window, filterbank = self._get_buffers(audio.device)
         total_frames = num_samples // self.hop_length + 1
-        # Pad once as torch.stft(center=True) would, then frame blocks of it: identical frames, bounded memory.
-        padded = F.pad(audio.float().unsqueeze(0), (self.n_fft // 2, self.n_fft // 2), mode="reflect")[0]
+        audio = audio.float()
+        half = self.n_fft // 2
         blocks = []
         for start in range(0, total_frames, _FRAMES_PER_BLOCK):
             stop = min(start + _FRAMES_PER_BLOCK, total_frames)
-            segment = padded[:, start * self.hop_length : (stop - 1) * self.hop_length + self.n_fft]
+            # Samples of these frames in the centred (reflect-padded) signal; only the edge blocks need the
+            # reflection, so the whole recording is never copied: identical frames, bounded memory.
+            low, high = start * self.hop_length - half, (stop - 1) * self.hop_length + half
+            segment = audio[:, max(low, 0) : min(high, num_samples)]
+            if low < 0 or high > num_samples:
+                segment = F.pad(segment.unsqueeze(0), (max(-low, 0), max(high - num_samples, 0)), mode="reflect")[0]
             spectrum = torch.stft(
                 segment, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
             )  # (C, n_fft // 2 + 1, frames)

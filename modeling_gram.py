@@ -416,32 +416,38 @@ class GramModel(GramPreTrainedModel):
         batch, channels, frames, mels = input_values.shape
         max_chunks = int(num_chunks.max())
 
-        # Zero every frame past a clip's end (the original's padding), whatever the batch was padded with.
-        padded = F.pad(input_values, (0, 0, 0, max_chunks * chunk_frames - frames)) if max_chunks * chunk_frames > frames else input_values[:, :, : max_chunks * chunk_frames]
-        frame_is_real = torch.arange(padded.shape[2], device=padded.device) < num_frames[:, None]
-        padded = torch.where(frame_is_real[:, None, :, None], padded, torch.zeros((), dtype=padded.dtype, device=padded.device))
-        # (B, C, n * chunk, F) -> (B, n, C, chunk, F)
-        chunks = padded.view(batch, channels, max_chunks, chunk_frames, mels).transpose(1, 2)
+        # One zero-filled copy holds all chunks: frames past a clip's end are zero (the original's padding),
+        # whatever the batch was padded with.
+        total = max_chunks * chunk_frames
+        kept = min(frames, total)
+        padded = input_values.new_zeros(batch, channels, total, mels)
+        padded[:, :, :kept] = input_values[:, :, :kept]
+        if attention_mask is not None:
+            frame_is_real = torch.arange(total, device=padded.device) < num_frames[:, None]
+            padded.masked_fill_(~frame_is_real[:, None, :, None], 0.0)
+        chunks = padded.view(batch, channels, max_chunks, chunk_frames, mels)
         chunk_is_real = torch.arange(max_chunks, device=padded.device) < num_chunks[:, None]  # (B, n)
+        clip_index, chunk_index = chunk_is_real.nonzero(as_tuple=True)  # the M real chunks
 
         tokens, all_hidden, all_attentions = self._encode_in_sub_batches(
-            chunks[chunk_is_real], output_hidden_states, output_attentions
-        )  # tokens: (M, 1 + P, D) float32, M real chunks
+            chunks, clip_index, chunk_index, output_hidden_states, output_attentions
+        )  # tokens: (M, 1 + P, D) float32
 
         def per_clip(values: torch.Tensor) -> torch.Tensor:  # (M, ...) -> (B, n, ...), zeros for missing chunks
             out = values.new_zeros((batch, max_chunks) + tuple(values.shape[1:]))
-            out[chunk_is_real] = values
+            out[clip_index, chunk_index] = values
             return out
 
-        # "raw": b (f t) d -> b t (f d) per chunk, then chunks concatenated in time.
+        # "raw": b (f t) d -> b t (f d) per chunk, chunks concatenated in time: (B, n * grid_t, grid_f * D)
         grid_f, grid_t = self.config.grid_size
-        steps = tokens[:, 1:].reshape(-1, grid_f, grid_t, tokens.shape[-1]).transpose(1, 2).flatten(2)
-        steps = per_clip(steps).flatten(1, 2)  # (B, n * grid_t, f * D)
+        hidden = tokens.shape[-1]
+        steps = per_clip(tokens[:, 1:].view(-1, grid_f, grid_t, hidden).transpose(1, 2))
+        steps = steps.view(batch, max_chunks * grid_t, grid_f * hidden)
         frames_per_step = self.config.patch_stride[1]
         num_steps = (num_frames + frames_per_step - 1) // frames_per_step  # steps touching real frames
-        steps = steps[:, : int(num_steps.max())]
-        embedding_mask = (torch.arange(steps.shape[1], device=steps.device) < num_steps[:, None]).long()
-        last_hidden_state = steps * embedding_mask[..., None]
+        last_hidden_state = steps[:, : int(num_steps.max())]
+        embedding_mask = (torch.arange(last_hidden_state.shape[1], device=steps.device) < num_steps[:, None]).long()
+        last_hidden_state.masked_fill_(embedding_mask[..., None] == 0, 0.0)
 
         if strategy == "raw":
             pooled = last_hidden_state.sum(dim=1) / num_steps[:, None]
@@ -449,7 +455,7 @@ class GramModel(GramPreTrainedModel):
             per_chunk = tokens[:, 0] if strategy == "cls" else tokens[:, 1:].mean(dim=1)
             pooled = per_clip(per_chunk).sum(dim=1) / num_chunks[:, None]
 
-        timestamps = torch.arange(steps.shape[1], device=steps.device, dtype=torch.float32) * self.config.step_duration_ms
+        timestamps = torch.arange(last_hidden_state.shape[1], device=steps.device, dtype=torch.float32) * self.config.step_duration_ms
         hidden_states = tuple(per_clip(h) for h in all_hidden) if output_hidden_states else None
         attentions = tuple(per_clip(a) for a in all_attentions) if output_attentions else None
         if not return_dict:
@@ -465,14 +471,31 @@ class GramModel(GramPreTrainedModel):
             attentions=attentions,
         )
 
-    def _encode_in_sub_batches(self, chunks: torch.Tensor, output_hidden_states: bool, output_attentions: bool):
+    def _encode_in_sub_batches(
+        self,
+        chunks: torch.Tensor,
+        clip_index: torch.Tensor,
+        chunk_index: torch.Tensor,
+        output_hidden_states: bool,
+        output_attentions: bool,
+    ):
+        """Encodes `chunks[clip_index[i], :, chunk_index[i]]` for all i, `config.chunk_batch_size` at a time.
+
+        `chunks` is `(batch, channels, num_chunks, chunk_frames, mels)`; only a sub-batch is ever gathered.
+        """
         size = max(1, int(self.config.chunk_batch_size))
-        tokens, hidden, attentions = [], [], []
-        for start in range(0, chunks.shape[0], size):
+        num = clip_index.shape[0]
+        tokens = None
+        hidden, attentions = [], []
+        for start in range(0, num, size):
+            stop = min(start + size, num)
+            sub_batch = chunks[clip_index[start:stop], :, chunk_index[start:stop]]  # (S, C, chunk, F)
             out, layer_hidden, layer_attentions = self.encode_chunks(
-                chunks[start : start + size], None, output_hidden_states, output_attentions
+                sub_batch, None, output_hidden_states, output_attentions
             )
-            tokens.append(out.float())
+            if tokens is None:
+                tokens = torch.empty((num,) + tuple(out.shape[1:]), dtype=torch.float32, device=out.device)
+            tokens[start:stop] = out
             hidden.append(layer_hidden)
             attentions.append(layer_attentions)
 
@@ -480,7 +503,7 @@ class GramModel(GramPreTrainedModel):
             return tuple(torch.cat(layer, dim=0) for layer in zip(*parts))
 
         return (
-            torch.cat(tokens, dim=0),
+            tokens,
             join(hidden) if output_hidden_states else None,
             join(attentions) if output_attentions else None,
         )

@@ -1,0 +1,51 @@
+"""Every Python snippet of README.md runs, against a locally saved full-size model (the Hub is unreachable
+here), and the shapes its comments state are the ones it produces."""
+
+import os
+import re
+
+import pytest
+import torch
+from conftest import ROOT
+
+from configuration_gram import GramConfig
+from feature_extraction_gram import GramFeatureExtractor
+from modeling_gram import GramModel
+
+HUB_ID = "labhamlet/gramt-binaural-time"
+
+
+def readme_snippets() -> list[str]:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def local_default_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gramt-binaural-time")
+    torch.manual_seed(0)
+    GramModel(GramConfig.from_pretrained(ROOT)).save_pretrained(directory)
+    GramFeatureExtractor.from_pretrained(ROOT).save_pretrained(directory)
+    return str(directory)
+
+
+def test_readme_snippets_run_and_their_comments_hold(local_default_model):
+    snippets = readme_snippets()
+    assert len(snippets) == 2 and all(HUB_ID in s or "extractor(" in s for s in snippets)
+    namespace = {}
+    exec(snippets[0].replace(HUB_ID, local_default_model), namespace)
+    assert tuple(namespace["inputs"]["input_values"].shape) == (1, 2, 501, 128)
+    assert tuple(namespace["output"].pooler_output.shape) == (1, 768)
+    assert tuple(namespace["output"].last_hidden_state.shape) == (1, 251, 768)
+    assert namespace["output"].timestamps[:3].tolist() == [0.0, 20.0, 40.0]
+    exec(snippets[1], namespace)
+    assert namespace["output"].embedding_mask.sum(dim=1).tolist() == [51, 151]
+
+
+def test_readme_states_the_two_setup_commands_that_ci_runs():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci_commands = [line for line in f.read().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    setup_block = re.search(r"```bash\n(.*?)```", readme, flags=re.DOTALL).group(1).strip().splitlines()
+    assert ci_commands == setup_block == ["pip install -r requirements.txt", "python -m pytest -q"]

@@ -19,6 +19,7 @@ POOLING_STRATEGIES = ("raw", "mean", "cls")
 GRAM_AUTO_MAP = {
     "AutoConfig": "configuration_gram.GramConfig",
     "AutoModel": "modeling_gram.GramModel",
+    "AutoModelForPreTraining": "modeling_gram.GramForPreTraining",
     "AutoFeatureExtractor": "feature_extraction_gram.GramFeatureExtractor",
 }
 

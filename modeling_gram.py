@@ -176,7 +176,13 @@ def eager_attention_forward(
 
 
 class GramSelfAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (the layout of `nn.MultiheadAttention.in_proj`)."""
+    """Multi-head self-attention with a fused qkv projection (the layout of `nn.MultiheadAttention.in_proj`).
+
+    With `config.attention_window_sizes` (the MW-MAE decoder), head `h` with window `w > 0` attends only
+    within non-overlapping windows of `w` consecutive tokens and adds a learnable relative-position bias
+    (one value per offset, `2w - 1` of them); `w = 0` is global attention. All heads run as one batched
+    attention with an additive `(heads, seq, seq)` mask, not a loop over heads or windows.
+    """
 
     def __init__(self, config: GramConfig):
         super().__init__()
@@ -187,6 +193,36 @@ class GramSelfAttention(nn.Module):
         self.is_causal = False
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.window_sizes = list(getattr(config, "attention_window_sizes", None) or [0] * self.num_heads)
+        self.relative_position_bias_tables = nn.ParameterDict(
+            {str(h): nn.Parameter(torch.zeros(2 * w - 1, 1)) for h, w in enumerate(self.window_sizes) if w > 0}
+        )
+        self._window_layouts: dict = {}  # (seq_len, device) -> (index, allowed); derived, never saved
+
+    def window_bias(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive attention bias `(1, heads, seq_len, seq_len)`, or None when every head is global."""
+        if not self.relative_position_bias_tables:
+            return None
+        key = (seq_len, device)
+        if key not in self._window_layouts:
+            position = torch.arange(seq_len, device=device)
+            offset = position[:, None] - position[None, :]  # i - j, as the original relative_position_index
+            index = torch.empty(self.num_heads, seq_len, seq_len, dtype=torch.long, device=device)
+            allowed = torch.ones(self.num_heads, seq_len, seq_len, dtype=torch.bool, device=device)
+            table_start = 0
+            for head, window in enumerate(self.window_sizes):
+                if window > 0:
+                    index[head] = table_start + (offset + window - 1).clamp(0, 2 * window - 2)
+                    allowed[head] = (position[:, None] // window) == (position[None, :] // window)
+                    table_start += 2 * window - 1
+                else:
+                    index[head] = -1  # the zero appended to the tables below
+            index[index < 0] = table_start
+            self._window_layouts[key] = (index, allowed)
+        index, allowed = self._window_layouts[key]
+        tables = [self.relative_position_bias_tables[str(h)].view(-1) for h, w in enumerate(self.window_sizes) if w > 0]
+        flat = torch.cat(tables + [tables[0].new_zeros(1)])
+        return flat[index].masked_fill(~allowed, float("-inf")).unsqueeze(0).to(dtype)
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         batch, seq_len, _ = hidden_states.shape
@@ -202,7 +238,7 @@ class GramSelfAttention(nn.Module):
             query,
             key,
             value,
-            None,
+            self.window_bias(seq_len, hidden_states.device, query.dtype),
             scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
             is_causal=False,
@@ -252,9 +288,8 @@ class GramEncoder(nn.Module):
         all_attentions = () if output_attentions else None
         for layer in self.layer:
             if self.gradient_checkpointing and self.training:
-                hidden_states, weights = torch.utils.checkpoint.checkpoint(
-                    layer, hidden_states, output_attentions, use_reentrant=False
-                )
+                checkpoint = getattr(self, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
+                hidden_states, weights = checkpoint(layer, hidden_states, output_attentions, use_reentrant=False)
             else:
                 hidden_states, weights = layer(hidden_states, output_attentions)
             if output_hidden_states:
@@ -306,6 +341,12 @@ class GramPreTrainedModel(PreTrainedModel):
             _init_unless_loaded(module.cls_token, lambda t: nn.init.normal_(t, std=std))
             # The table is fixed: rebuilding it is always right, also when a checkpoint lacks it.
             module.initialize_position_embeddings()
+        elif isinstance(module, GramDecoder):
+            _init_unless_loaded(module.mask_token, lambda t: nn.init.normal_(t, std=std))
+            module.initialize_position_embeddings()
+        elif isinstance(module, GramSelfAttention):
+            for table in module.relative_position_bias_tables.values():
+                _init_unless_loaded(table, lambda t: nn.init.trunc_normal_(t, std=std))
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus the remote-code files, so the directory loads with
@@ -372,7 +413,19 @@ class GramModel(GramPreTrainedModel):
             `(tokens, hidden_states, attentions)`: tokens `(num_chunks, 1 + num_kept_patches, hidden_size)`
             after the final LayerNorm, CLS first; the per-layer tuples or None.
         """
-        embedded = self.embeddings(self.embeddings.normalize(chunks), bool_masked_pos)
+        return self.encode_normalized(
+            self.embeddings.normalize(chunks), bool_masked_pos, output_hidden_states, output_attentions
+        )
+
+    def encode_normalized(
+        self,
+        normalized: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """`encode_chunks` from already normalised chunks `(num_chunks, num_channels, num_mel_bins, chunk_frames)`."""
+        embedded = self.embeddings(normalized, bool_masked_pos)
         hidden, all_hidden, all_attentions = self.encoder(embedded, output_hidden_states, output_attentions)
         return self.layernorm(hidden), all_hidden, all_attentions
 
@@ -537,5 +590,213 @@ class GramModel(GramPreTrainedModel):
         return num_frames
 
 
+# ------------------------------------------------------------------------------------------------------
+# MW-MAE decoder and the pretraining model
+# ------------------------------------------------------------------------------------------------------
+class _DecoderConfig:
+    """The model config seen by the decoder layers: decoder sizes, everything else (the attention
+    implementation included, also when changed later) read live from the model config."""
+
+    def __init__(self, config: GramConfig):
+        self._config = config
+        self.hidden_size = config.decoder_hidden_size
+        self.num_hidden_layers = config.decoder_num_hidden_layers
+        self.num_attention_heads = config.decoder_num_attention_heads
+        self.intermediate_size = config.decoder_intermediate_size
+        self.layer_norm_eps = config.decoder_layer_norm_eps
+        self.attention_window_sizes = list(config.decoder_window_sizes)
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)
+
+
+@dataclass
+class GramForPreTrainingOutput(ModelOutput):
+    r"""
+    Output of [`GramForPreTraining`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): mean squared error over the masked patches, times the
+            number of feature channels (as the original).
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_dim)`): predicted
+            values of every patch of the normalised spectrogram, `patch_dim = num_channels x freq x time`.
+        mask (`torch.BoolTensor` of shape `(batch_size, num_patches)`): True for the masked patches.
+        target (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_dim)`): the normalised
+            spectrogram patches the reconstruction is compared with.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): encoder states of the visible patches,
+            each `(batch_size, 1 + num_visible_patches, hidden_size)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
+    target: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class GramDecoder(nn.Module):
+    """MW-MAE decoder: visible tokens + mask tokens, fixed sin-cos positions (no CLS), multi-window layers."""
+
+    def __init__(self, config: GramConfig):
+        super().__init__()
+        self.config = config
+        size = config.decoder_hidden_size
+        for window in config.decoder_window_sizes:
+            if window < 0 or (window and config.num_patches % window):
+                raise ValueError(
+                    f"Decoder window sizes must be 0 (global) or divide the {config.num_patches} patches of a "
+                    f"chunk; got {config.decoder_window_sizes}."
+                )
+        self.decoder_embed = nn.Linear(config.hidden_size, size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, size), requires_grad=False)
+        layer_config = _DecoderConfig(config)
+        self.layers = nn.ModuleList([GramLayer(layer_config) for _ in range(config.decoder_num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(size, eps=config.decoder_layer_norm_eps)
+        patch_dim = config.num_channels * config.patch_size[0] * config.patch_size[1]
+        self.prediction = nn.Linear(size, patch_dim)
+
+    def initialize_position_embeddings(self) -> None:
+        table = get_2d_sincos_position_embeddings(
+            self.config.decoder_hidden_size, self.config.grid_size, add_cls_token=False
+        )
+        with torch.no_grad():
+            self.position_embeddings.copy_(table.unsqueeze(0).to(self.position_embeddings.dtype))
+
+    def forward(self, encoded: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            encoded (`torch.FloatTensor` of shape `(batch_size, 1 + num_visible, hidden_size)`): encoder output.
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`).
+
+        Returns:
+            `(batch_size, num_patches, patch_dim)` predictions for every patch.
+        """
+        visible = self.decoder_embed(encoded[:, 1:])  # the decoder has no CLS token
+        batch, num_patches = bool_masked_pos.shape
+        tokens = self.mask_token.to(visible.dtype).expand(batch, num_patches, -1).clone()
+        tokens[~bool_masked_pos] = visible.reshape(-1, visible.shape[-1])
+        hidden = tokens + self.position_embeddings.to(visible.dtype)
+        for layer in self.layers:
+            hidden, _ = layer(hidden)
+        return self.prediction(self.layernorm(hidden))
+
+
+class GramForPreTraining(GramPreTrainedModel):
+    r"""
+    GRAM encoder + MW-MAE decoder for masked-spectrogram pretraining. Takes 2-second chunks of log-mels,
+    normalises each, masks `config.mask_ratio` of the patches (or the caller's `bool_masked_pos`), encodes
+    the visible ones and reconstructs all patches.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from configuration_gram import GramConfig
+    >>> from modeling_gram import GramForPreTraining
+    >>> config = GramConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    ...                     decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_intermediate_size=64)
+    >>> model = GramForPreTraining(config)
+    >>> output = model(torch.randn(4, 2, 200, 128))
+    >>> output.reconstruction.shape, int(output.mask.sum(dim=1)[0])
+    (torch.Size([4, 100, 512]), 80)
+    ```
+    """
+
+    def __init__(self, config: GramConfig):
+        super().__init__(config)
+        self.config = config
+        self.gram = GramModel(config)
+        self.decoder = GramDecoder(config)
+        self.post_init()
+
+    @property
+    def num_masked_patches(self) -> int:
+        return int(self.config.mask_ratio * self.config.num_patches + 1e-6)
+
+    def patchify(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """`(B, C, mels, frames)` -> `(B, num_patches, C * patch_f * patch_t)`, patches in (freq, time) order."""
+        batch, channels, mels, frames = spectrogram.shape
+        patch_f, patch_t = self.config.patch_size
+        patches = spectrogram.reshape(batch, channels, mels // patch_f, patch_f, frames // patch_t, patch_t)
+        return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * patch_f * patch_t)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of `patchify`: `(B, num_patches, patch_dim)` -> `(B, C, mels, frames)`."""
+        grid_f, grid_t = self.config.grid_size
+        patch_f, patch_t = self.config.patch_size
+        channels = self.config.num_channels
+        spectrogram = patches.reshape(patches.shape[0], grid_f, grid_t, channels, patch_f, patch_t)
+        return spectrogram.permute(0, 3, 1, 4, 2, 5).reshape(patches.shape[0], channels, grid_f * patch_f, grid_t * patch_t)
+
+    def random_masking(self, batch_size: int, device: torch.device, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """`(batch_size, num_patches)` bool mask, True on `num_masked_patches` random patches per sample
+        (those with the smallest `noise`, uniform in [0, 1) unless given)."""
+        num_patches = self.config.num_patches
+        if noise is None:
+            noise = torch.rand(batch_size, num_patches, device=device)
+        order = noise.argsort(dim=1)
+        mask = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=device)
+        return mask.scatter(1, order[:, : self.num_masked_patches], True)
+
+    def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE per patch, averaged over the masked patches, times the number of feature channels."""
+        per_patch = (reconstruction.float() - target.float()).square().mean(dim=-1)
+        weights = mask.float()
+        return (per_patch * weights).sum() / weights.sum().clamp_min(1.0) * self.config.num_channels
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GramForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, num_channels, chunk_frames, num_mel_bins)`):
+                log-mel chunks (unnormalised: the model normalises each as the original does).
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*): True for
+                masked patches, the same number in every sample. Defaults to random masking.
+            noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*): makes the random
+                masking reproducible (the smallest values are masked).
+        """
+        if kwargs:
+            raise TypeError(f"GramForPreTraining.forward() got unexpected arguments: {', '.join(sorted(kwargs))}.")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        expected = (config.num_channels, config.chunk_frames, config.num_mel_bins)
+        if not isinstance(input_values, torch.Tensor) or input_values.ndim != 4 or tuple(input_values.shape[1:]) != expected:
+            shape = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else type(input_values).__name__
+            raise ValueError(f"Expected input_values of shape (batch_size, {', '.join(map(str, expected))}), got {shape}.")
+        batch = input_values.shape[0]
+        if bool_masked_pos is None:
+            bool_masked_pos = self.random_masking(batch, input_values.device, noise)
+        else:
+            if bool_masked_pos.shape != (batch, config.num_patches) or bool_masked_pos.dtype != torch.bool:
+                raise ValueError(
+                    f"Expected bool_masked_pos as a bool tensor of shape {(batch, config.num_patches)}, got "
+                    f"{bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}."
+                )
+            bool_masked_pos = bool_masked_pos.to(input_values.device)
+
+        normalized = self.gram.embeddings.normalize(input_values)  # (B, C, mels, frames) float32
+        target = self.patchify(normalized)
+        encoded, hidden_states, _ = self.gram.encode_normalized(normalized, bool_masked_pos, output_hidden_states)
+        reconstruction = self.decoder(encoded, bool_masked_pos).float()
+        loss = self.reconstruction_loss(reconstruction, target, bool_masked_pos)
+        if not return_dict:
+            return tuple(v for v in (loss, reconstruction, bool_masked_pos, target, hidden_states) if v is not None)
+        return GramForPreTrainingOutput(
+            loss=loss, reconstruction=reconstruction, mask=bool_masked_pos, target=target, hidden_states=hidden_states
+        )
+
+
 GramConfig.register_for_auto_class()
 GramModel.register_for_auto_class("AutoModel")
+GramForPreTraining.register_for_auto_class("AutoModelForPreTraining")

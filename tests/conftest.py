@@ -28,7 +28,7 @@ def tiny_config(variant="binaural-time", **overrides) -> GramConfig:
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
+    actual, expected = actual.detach().double(), expected.detach().double()
     return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
 
 

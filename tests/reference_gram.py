@@ -201,3 +201,156 @@ def original_to_package_state_dict(original: dict[str, torch.Tensor], num_layers
                 for leaf in ("weight", "bias"):
                     mapping[f"encoder.layers.encoder_layer_{i}.{old}.{leaf}"] = f"encoder.layer.{i}.{new}.{leaf}"
     return {mapping[k]: v for k, v in original.items() if k in mapping}
+
+
+# --- src/model/layers/mwmae.py (decoder side), eval mode, no shifted windows ---------------------------
+class OriginalMlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+
+
+class OriginalWindowedAttentionHead(nn.Module):
+    def __init__(self, head_dim, window_size):
+        super().__init__()
+        self.window_size, self.scale = window_size, head_dim**-0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1, 1)))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(window_size), indexing="ij"))
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+        relative[:, :, 0] += window_size - 1
+        self.register_buffer("relative_position_index", relative.sum(-1))
+
+    def forward(self, q, k, v):
+        B, W, C = q.shape
+        q, k, v = (t.view(B, W // self.window_size, self.window_size, C).view(-1, self.window_size, C) for t in (q, k, v))
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(self.window_size, self.window_size, -1)
+        attn = (attn + bias.permute(2, 0, 1)).softmax(dim=-1)
+        x = attn @ v
+        return x.view(B, W // self.window_size, self.window_size, -1).view(B, W, -1)
+
+
+class OriginalAttentionHead(nn.Module):
+    def __init__(self, head_dim):
+        super().__init__()
+        self.scale = head_dim**-0.5
+
+    def forward(self, q, k, v):
+        return ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
+
+
+class OriginalWindowedMultiHeadAttention(nn.Module):
+    def __init__(self, dim, window_sizes, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.attn_heads = nn.ModuleList(
+            OriginalAttentionHead(dim // num_heads) if w == 0 else OriginalWindowedAttentionHead(dim // num_heads, w)
+            for w in window_sizes
+        )
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 3, 0, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        o = torch.cat([self.attn_heads[i](q[i], k[i], v[i]).unsqueeze(0) for i in range(self.num_heads)], dim=0)
+        return self.proj(o.permute(1, 2, 0, 3).reshape(B, N, -1))
+
+
+class OriginalMWMHABlock(nn.Module):
+    def __init__(self, dim, num_heads, window_sizes, mlp_ratio=4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.wmha = OriginalWindowedMultiHeadAttention(dim, window_sizes, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = OriginalMlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.wmha(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def original_generate_patches(x, fshape, tshape):
+    """src/patching/patching_utils.generate_patches (non-overlapping strides)."""
+    batch_size, num_channels = x.size()[:2]
+    for dim, size in zip((2, 3), (fshape, tshape)):
+        x = x.unfold(dim, size, size)
+    x = x.permute(0, 2, 3, 1, 4, 5).contiguous()
+    return x.view(batch_size, -1, num_channels, fshape, tshape)
+
+
+class OriginalGram(OriginalGramEncoder):
+    """The whole original GRAMT module (encoder + MW-MAE decoder + feature buffers), its key names."""
+
+    def __init__(self, in_channels=2, fshape=128, tshape=2, hidden=768, layers=12, heads=12, mlp=3072,
+                 decoder_dim=512, decoder_depth=8, decoder_heads=8, window_sizes=(2, 5, 10, 25, 50, 0, 0, 0)):
+        super().__init__(in_channels, fshape, tshape, hidden, layers, heads, mlp)
+        self.fshape, self.tshape = fshape, tshape
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.decoder_embed = nn.Linear(hidden, decoder_dim, bias=True)
+        self.register_buffer("mask_token", nn.Parameter(torch.zeros(1, 1, decoder_dim)))
+        torch.nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder_blocks = nn.ModuleList(
+            OriginalMWMHABlock(decoder_dim, decoder_heads, list(window_sizes)) for _ in range(decoder_depth)
+        )
+        pos = original_sincos_table(decoder_dim, self.grid_size, cls_token_num=0)
+        self.register_buffer("decoder_pos_embed", torch.from_numpy(pos).float().unsqueeze(0))
+        self.spec_pred = nn.Sequential(nn.Linear(decoder_dim, fshape * tshape * in_channels, bias=True))
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.melspec = original_melspec() if in_channels in (1, 2) else OriginalAmbisonicFeatures()
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.startswith(("decoder", "spec_pred")) and p.requires_grad and p.ndim == 1:
+                    p.add_(0.05 * torch.randn_like(p))
+
+    def forward(self, x, mask):
+        """GRAMT.forward: x (B, C, T, F), mask (B, N) True = masked -> (pred, patches, loss)."""
+        B = x.shape[0]
+        x = self.spectrogram_normalize(x.transpose(2, 3))
+        patches = original_generate_patches(x, self.fshape, self.tshape).flatten(2)
+        encoded = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        non_mask = ~mask
+        encoded = encoded + self.encoder.pos_embedding[:, 1:, :]
+        encoded = encoded[non_mask, :].reshape((B, -1, encoded.shape[-1]))
+        cls = self.cls_token.expand(B, -1, -1) + self.encoder.pos_embedding[:, :1, :]
+        h = torch.cat((cls, encoded), dim=1)
+        for block in self.encoder.layers:
+            h = block(h)
+        h = self.decoder_embed(self.encoder.ln(h))
+        x_ = self.mask_token.repeat(B, mask.shape[1], 1).type_as(h)
+        x_[non_mask, :] = h[:, 1:, :].reshape((-1, h.shape[-1]))
+        y = x_.reshape((B, -1, h.shape[-1])) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            y = blk(y)
+        pred = self.spec_pred(self.decoder_norm(y))
+        loss = ((pred - patches) ** 2).mean(dim=-1)
+        loss = (loss * mask.int().float()).sum() / mask.int().float().sum() * self.in_channels
+        return pred, patches, loss
+
+
+def original_decoder_to_package_state_dict(original, num_layers, num_decoder_layers):
+    """Original GRAMT keys -> GramForPreTraining keys (derived buffers dropped)."""
+    state = {f"gram.{k}": v for k, v in original_to_package_state_dict(original, num_layers).items()}
+    simple = {"decoder_embed": "decoder.decoder_embed", "decoder_norm": "decoder.layernorm", "spec_pred.0": "decoder.prediction"}
+    for old, new in simple.items():
+        for leaf in ("weight", "bias"):
+            state[f"{new}.{leaf}"] = original[f"{old}.{leaf}"]
+    state["decoder.mask_token"] = original["mask_token"]
+    state["decoder.position_embeddings"] = original["decoder_pos_embed"]
+    block_map = {"norm1": "layernorm_before", "wmha.qkv": "attention.qkv", "wmha.proj": "attention.proj",
+                 "norm2": "layernorm_after", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    for i in range(num_decoder_layers):
+        for old, new in block_map.items():
+            for leaf in ("weight", "bias"):
+                state[f"decoder.layers.{i}.{new}.{leaf}"] = original[f"decoder_blocks.{i}.{old}.{leaf}"]
+        prefix = f"decoder_blocks.{i}.wmha.attn_heads."
+        for key, value in original.items():
+            if key.startswith(prefix) and key.endswith("relative_position_bias_table"):
+                head = key[len(prefix):].split(".")[0]
+                state[f"decoder.layers.{i}.attention.relative_position_bias_tables.{head}"] = value
+    return state

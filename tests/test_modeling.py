@@ -172,7 +172,8 @@ def test_return_dict_false_and_gradient_checkpointing():
     tuple_out = model.eval()(x, return_dict=False)
     assert isinstance(tuple_out, tuple) and tuple_out[0].shape[-1] == model.config.frame_embedding_size
     model.train()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
+    assert model.encoder.gradient_checkpointing
     model(x, strategy="cls").pooler_output.sum().backward()
     assert model.embeddings.patch_embeddings.projection.weight.grad is not None
     assert model.embeddings.position_embeddings.grad is None  # fixed table

@@ -337,13 +337,12 @@ class GramPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             _init_unless_loaded(module.weight, nn.init.ones_)
             _init_unless_loaded(module.bias, nn.init.zeros_)
-        elif isinstance(module, GramEmbeddings):
-            _init_unless_loaded(module.cls_token, lambda t: nn.init.normal_(t, std=std))
-            # The table is fixed: rebuilding it is always right, also when a checkpoint lacks it.
-            module.initialize_position_embeddings()
-        elif isinstance(module, GramDecoder):
-            _init_unless_loaded(module.mask_token, lambda t: nn.init.normal_(t, std=std))
-            module.initialize_position_embeddings()
+        elif isinstance(module, (GramEmbeddings, GramDecoder)):
+            token = module.cls_token if isinstance(module, GramEmbeddings) else module.mask_token
+            _init_unless_loaded(token, lambda t: nn.init.normal_(t, std=std))
+            # The fixed sin-cos table: built unless a checkpoint provided it (then it is kept as saved).
+            if not getattr(module.position_embeddings, "_is_hf_initialized", False):
+                module.initialize_position_embeddings()
         elif isinstance(module, GramSelfAttention):
             for table in module.relative_position_bias_tables.values():
                 _init_unless_loaded(table, lambda t: nn.init.trunc_normal_(t, std=std))

@@ -1,0 +1,262 @@
+"""convert_checkpoint.py: original checkpoints (built here from the independent re-implementation of the
+original GRAMT, exported with its key names) become directories that reproduce the original exactly;
+untrusted pickles never run code; errors are clear and nothing half-written is left."""
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import TINY, relative_error
+from reference_gram import OriginalGram, original_features, original_runtime_encode, original_scene_embedding
+from safetensors.torch import save_file
+from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+
+import convert_checkpoint
+from convert_checkpoint import main
+
+AUDIO_CHANNELS = {1: 1, 2: 2, 7: 4}
+VARIANT_SHAPES = {  # (feature channels, patch f, patch t, decoder windows)
+    "binaural-frame": (2, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]),
+    "binaural-time": (2, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0]),
+    "ambisonics-frame": (7, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]),
+    "ambisonics-time": (7, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0]),
+    "mono-frame": (1, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]),
+    "mono-time": (1, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0]),
+}
+HEADS = ["--num-attention-heads", str(TINY["num_attention_heads"])]
+
+
+def make_original(variant, seed=0):
+    channels, fshape, tshape, windows = VARIANT_SHAPES[variant]
+    torch.manual_seed(seed)
+    original = OriginalGram(
+        in_channels=channels, fshape=fshape, tshape=tshape, hidden=TINY["hidden_size"], layers=TINY["num_hidden_layers"],
+        heads=TINY["num_attention_heads"], mlp=TINY["intermediate_size"], decoder_dim=32, decoder_depth=2,
+        decoder_heads=8, window_sizes=windows,
+    ).eval()
+    with torch.no_grad():
+        for name, p in original.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.normal_(0.0, 0.5)
+    return original
+
+
+class Payload:
+    """Pickles as a call to os.system: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class HyperParameters:  # stands for Lightning's AttributeDict / the original's PatchStrategy object
+    def __init__(self):
+        self.lr, self.patch_strategy = 2e-4, object.__new__(HyperParameters)
+
+
+def save_lightning_checkpoint(original, path, extra=None):
+    checkpoint = {
+        "epoch": 3,
+        "global_step": 325000,
+        "state_dict": original.state_dict(),
+        "hyper_parameters": {"in_channels": original.in_channels, "strategy": HyperParameters()},
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4}}}},
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 2e-4}]}],
+        **(extra or {}),
+    }
+    torch.save(checkpoint, path)
+
+
+def save_runtime_safetensors(original, path, with_decoder=True):
+    """The huggingface_hub-mixin wrapper's layout: RuntimeGRAMT keys `model.*` plus `mel_spec.*` buffers."""
+    state = {f"model.{k}": v.clone().contiguous() for k, v in original.state_dict().items()}
+    if not with_decoder:
+        state = {k: v for k, v in state.items() if k.split(".")[1] in ("patch_embed", "cls_token", "encoder", "melspec")}
+    for name, buffer in original.melspec.state_dict().items():
+        state[f"mel_spec.melspec.{name}"] = buffer.clone().contiguous()
+    save_file(state, str(path))
+
+
+@pytest.fixture
+def audio_clips_for():
+    generator = torch.Generator().manual_seed(7)
+
+    def make(channels, seconds):
+        t = torch.arange(int(seconds * 32000)) / 32000
+        return torch.stack([
+            0.3 * torch.sin(2 * torch.pi * (300 + 50 * c) * t) * torch.sin(2 * torch.pi * 0.7 * t).abs()
+            + 0.02 * torch.randn(t.shape, generator=generator)
+            for c in range(channels)
+        ])
+
+    return make
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_SHAPES))
+@pytest.mark.parametrize("source", ["lightning", "runtime-safetensors"])
+def test_conversion_reproduces_the_original(variant, source, tmp_path, audio_clips_for, capsys):
+    original = make_original(variant)
+    checkpoint = tmp_path / ("step=325000.ckpt" if source == "lightning" else "model.safetensors")
+    if source == "lightning":
+        save_lightning_checkpoint(original, checkpoint)
+    else:
+        save_runtime_safetensors(original, checkpoint)
+    output = tmp_path / f"gram-{variant}"
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 0
+
+    names = set(os.listdir(output))
+    assert names == {"config.json", "preprocessor_config.json", "model.safetensors", "README.md",
+                     "configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py"}
+    config = json.load(open(output / "config.json"))
+    channels, fshape, tshape, windows = VARIANT_SHAPES[variant]
+    assert (config["num_channels"], config["patch_size"], config["decoder_window_sizes"]) == (channels, [fshape, tshape], windows)
+    assert variant.split("-")[0] in (output / "README.md").read_text()
+
+    model = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(output, trust_remote_code=True)
+    audio = audio_clips_for(AUDIO_CHANNELS[channels], 4.5)
+    features = extractor(audio, sampling_rate=32000, return_tensors="pt")["input_values"]
+    expected_features = original_features([audio], channels)
+    assert relative_error(features, expected_features) < 1e-5
+    with torch.no_grad():
+        for strategy in ("raw", "mean", "cls"):
+            ours = model(features, strategy=strategy).pooler_output
+            assert relative_error(ours, original_scene_embedding(original, expected_features, strategy)) < 1e-4
+        raw = model(features).last_hidden_state
+        assert relative_error(raw, original_runtime_encode(original, expected_features, "raw")) < 1e-4
+
+    pretraining = AutoModelForPreTraining.from_pretrained(output, trust_remote_code=True).eval()
+    chunk = expected_features[:, :, :200]
+    mask = pretraining.random_masking(1, chunk.device)
+    with torch.no_grad():
+        pred, _, loss = original(chunk, mask)
+        out = pretraining(chunk, bool_masked_pos=mask)
+    assert relative_error(out.reconstruction, pred) < 1e-4
+    assert abs(out.loss.item() - loss.item()) < 1e-4 * loss.item()
+
+
+def test_pickle_payload_never_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+    checkpoint = tmp_path / "evil.ckpt"
+    save_lightning_checkpoint(make_original("binaural-time"), checkpoint, extra={"callbacks": {"x": Payload(marker)}})
+    torch.load(checkpoint, weights_only=False)  # the payload is live: a plain load runs it ...
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(Exception):  # ... the safe loader refuses the file outright ...
+        torch.load(checkpoint, weights_only=True)
+    output = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 0  # ... ours converts
+    assert not marker.exists()
+    assert output.is_dir()
+    # A file that is nothing but a payload: refused, and still nothing ran.
+    torch.save(Payload(marker), tmp_path / "only-payload.pt")
+    assert main(["--checkpoint", str(tmp_path / "only-payload.pt"), "--output-dir", str(tmp_path / "o2")]) == 2
+    assert not marker.exists() and not (tmp_path / "o2").exists()
+
+
+def test_plain_state_dict_loads_through_weights_only(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "plain.pt"
+    torch.save(make_original("mono-frame").state_dict(), checkpoint)
+    state, kind = convert_checkpoint.load_untrusted_checkpoint(str(checkpoint))
+    assert kind == "pickle (weights_only)" and "cls_token" in state
+
+
+def _convert_modified(tmp_path, modify, extra_args=()):
+    original = make_original("binaural-frame")
+    state = {k: v.clone() for k, v in original.state_dict().items()}
+    modify(state)
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": state}, checkpoint)
+    return main(["--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "out"), *HEADS, *extra_args])
+
+
+@pytest.mark.parametrize(
+    "modify, extra_args, message",
+    [
+        (lambda s: s.clear() or s.update({"foo.weight": torch.zeros(2)}), (), "Unknown checkpoint layout"),
+        (lambda s: s.pop("decoder_blocks.1.mlp.fc2.bias"), (), "missing \\['decoder.layers.1.mlp.fc2.bias'\\]"),
+        (lambda s: s.update({"decoder_blocks.0.extra.weight": torch.zeros(1)}), (), "Unexpected keys.*decoder_blocks.0.extra.weight"),
+        (lambda s: s.update({"encoder.pos_embedding": torch.zeros(1, 100, 64)}), (), "Shape mismatches.*position_embeddings"),
+        (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(64, 3, 16, 8)}), (), "takes 3 channels"),
+        (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(64, 2, 32, 4)}), (), "Unsupported patching"),
+        (lambda s: None, ("--format", "ambisonics"), "--format ambisonics contradicts the weights, which are binaural"),
+        (lambda s: s.update({"melspec.mel_scale.fb": torch.zeros(513, 128)}), (), "mel filterbank differs"),
+        (lambda s: s.update({"decoder_blocks.0.wmha.attn_heads.1.relative_position_index": torch.zeros(5, 5, dtype=torch.long)}),
+         (), "relative-position index"),
+    ],
+)
+def test_bad_checkpoints_stop_with_a_clear_message_and_leave_nothing(modify, extra_args, message, tmp_path, capsys):
+    assert _convert_modified(tmp_path, modify, extra_args) == 2
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]  # no output, no staging directory
+
+
+def test_failure_after_writing_leaves_nothing_and_existing_output_needs_overwrite(tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, checkpoint)
+    output = tmp_path / "out"
+
+    def broken_verify(directory, model):
+        raise convert_checkpoint.ConversionError("simulated failure while verifying")
+
+    monkeypatch.setattr(convert_checkpoint, "_verify_saved", broken_verify)
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 2
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+    monkeypatch.undo()
+
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 0
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    (output / "stale.txt").write_text("old")
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS, "--overwrite"]) == 0
+    assert not (output / "stale.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "out"]
+
+
+def test_encoder_only_checkpoint(tmp_path, audio_clips_for, capsys):
+    original = make_original("binaural-time")
+    checkpoint = tmp_path / "model.safetensors"
+    save_runtime_safetensors(original, checkpoint, with_decoder=False)
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "a"), *HEADS]) == 2
+    assert "--encoder-only" in capsys.readouterr().err
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "b"), *HEADS, "--encoder-only"]) == 0
+    model = AutoModel.from_pretrained(tmp_path / "b", trust_remote_code=True).eval()
+    features = original_features([audio_clips_for(2, 2.2)], 2)
+    with torch.no_grad():
+        assert relative_error(model(features, strategy="cls").pooler_output, original_scene_embedding(original, features, "cls")) < 1e-4
+
+
+class FakeHubApi:
+    """Stands in for huggingface_hub.HfApi: records calls and what the folder held at upload time."""
+
+    calls = []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
+        self.calls.append(("create_repo", repo_id, private, exist_ok, repo_type))
+
+    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
+        self.calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path)), repo_type))
+
+
+def test_push_to_hub_and_dry_run(tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": make_original("ambisonics-time").state_dict()}, checkpoint)
+    FakeHubApi.calls = []
+    monkeypatch.setattr(convert_checkpoint, "HfApi", FakeHubApi)
+
+    args = ["--checkpoint", str(checkpoint), *HEADS, "--push-to-hub", "me/gram-ambisonics-time"]
+    assert main([*args, "--output-dir", str(tmp_path / "dry"), "--dry-run"]) == 0
+    assert FakeHubApi.calls == []
+    printed = capsys.readouterr().out
+    assert "Would upload to me/gram-ambisonics-time" in printed and "model.safetensors" in printed
+
+    assert main([*args, "--output-dir", str(tmp_path / "real"), "--private"]) == 0
+    files = sorted(os.listdir(tmp_path / "real"))
+    assert FakeHubApi.calls == [
+        ("create_repo", "me/gram-ambisonics-time", True, True, "model"),
+        ("upload_folder", "me/gram-ambisonics-time", files, "model"),
+    ]
+    assert 'from_pretrained("me/gram-ambisonics-time"' in (tmp_path / "real" / "README.md").read_text()

@@ -49,3 +49,38 @@ def test_readme_states_the_two_setup_commands_that_ci_runs():
         ci_commands = [line for line in f.read().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     setup_block = re.search(r"```bash\n(.*?)```", readme, flags=re.DOTALL).group(1).strip().splitlines()
     assert ci_commands == setup_block == ["pip install -r requirements.txt", "python -m pytest -q"]
+
+
+def test_readme_conversion_commands_run(tmp_path, monkeypatch):
+    """The conversion commands, verbatim, on original checkpoints built here (12 encoder heads as ViT-B,
+    narrow layers), the Hub replaced by a stand-in."""
+    import shlex
+
+    from reference_gram import OriginalGram
+    from safetensors.torch import save_file
+    from test_convert_checkpoint import FakeHubApi
+
+    import convert_checkpoint
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        block = re.search(r"```bash\n(python convert_checkpoint.py.*?)```", f.read(), flags=re.DOTALL).group(1)
+    commands = [shlex.split(line.split("#")[0]) for line in block.replace("\\\n", " ").strip().splitlines()]
+    assert len(commands) == 2
+
+    def original(channels, fshape, tshape, windows):
+        torch.manual_seed(0)
+        return OriginalGram(in_channels=channels, fshape=fshape, tshape=tshape, hidden=96, layers=1, heads=12, mlp=96,
+                            decoder_dim=32, decoder_depth=1, decoder_heads=8, window_sizes=windows)
+
+    torch.save({"state_dict": original(2, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]).state_dict()}, tmp_path / "step=500000.ckpt")
+    runtime = original(7, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0])
+    save_file({f"model.{k}": v.contiguous() for k, v in runtime.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    FakeHubApi.calls = []
+    monkeypatch.setattr(convert_checkpoint, "HfApi", FakeHubApi)
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        assert argv[:2] == ["python", "convert_checkpoint.py"]
+        assert convert_checkpoint.main(argv[2:]) == 0
+    assert GramConfig.from_pretrained(tmp_path / "gram-binaural-frame").patching == "frame"
+    assert GramConfig.from_pretrained(tmp_path / "gram-ambisonics-time").num_channels == 7
+    assert [call[0] for call in FakeHubApi.calls] == ["create_repo", "upload_folder"]

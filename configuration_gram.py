@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from transformers import PretrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # The published variants: audio format x patching. Feature channels: mono 1, binaural 2 (left, right
 # log-mels), ambisonics 7 (W, X, Y, Z log-mels + 3 intensity-vector channels).
@@ -88,11 +91,12 @@ class GramConfig(PretrainedConfig):
         chunk_batch_size: int = 32,
         **kwargs,
     ):
-        # transformers 5.x keeps generation parameters away from model configs: drop `max_length`, the
-        # original Hub config's spelling of the chunk length, instead of failing on it.
-        legacy_chunk = kwargs.pop("max_length", None)
-        if legacy_chunk is not None and chunk_frames == 200:
-            chunk_frames = int(legacy_chunk)
+        # The original Hub config carried `max_length`, a generation parameter that transformers 5.x refuses on
+        # model configs ("object has no attribute 'max_length'" / save_pretrained errors). GRAM's chunk is
+        # always 200 frames (`chunk_frames`), so the key is dropped rather than trusted.
+        legacy = kwargs.pop("max_length", None)
+        if legacy is not None and int(legacy) != chunk_frames:
+            logger.warning(f"Ignoring legacy config key max_length={legacy}; GRAM chunks are chunk_frames={chunk_frames}.")
         auto_map = kwargs.pop("auto_map", None)
         super().__init__(**kwargs)
         self.auto_map = {**GRAM_AUTO_MAP, **(auto_map or {})}

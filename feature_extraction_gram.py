@@ -54,9 +54,9 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         num_mel_bins (`int`, defaults to 128): mel filters.
         sampling_rate (`int`, defaults to 32000): the only rate accepted unless `resample=True` is given.
         n_fft, win_length, hop_length, f_min, f_max: STFT and filterbank settings.
-        log_offset (`float`, *optional*): added before the log. The published inference code uses
-            float32 machine epsilon (1.19e-7) for mono/binaural and 1e-6 for ambisonics (the default
-            here); the original pretraining used 1e-5 for mono/binaural.
+        log_offset (`float`, *optional*): added before the log. By default (None) the published inference
+            code's value: float32 machine epsilon (1.19e-7) for mono/binaural, 1e-6 for ambisonics. The
+            original pretraining used 1e-5 for mono/binaural.
         intensity_eps (`float`, defaults to 1e-6): epsilon of the intensity-vector normalisation.
         padding_value (`float`, defaults to 0.0): the log-mel value of padded frames (the original pads with 0).
     """
@@ -98,11 +98,18 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         self.hop_length = hop_length
         self.f_min = float(f_min)
         self.f_max = float(f_max if f_max is not None else sampling_rate // 2)
-        if log_offset is None:
-            log_offset = 1e-6 if num_channels == 7 else float(torch.finfo(torch.float32).eps)
-        self.log_offset = float(log_offset)
+        # None = the published default of the format, resolved when used, so that overriding num_channels
+        # (e.g. from_pretrained(..., num_channels=7)) also gets the right offset.
+        self.log_offset = None if log_offset is None else float(log_offset)
         self.intensity_eps = float(intensity_eps)
         self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def effective_log_offset(self) -> float:
+        """`log_offset`, or the published default: 1e-6 for ambisonics, float32 epsilon otherwise."""
+        if self.log_offset is not None:
+            return self.log_offset
+        return 1e-6 if self.num_channels == 7 else float(torch.finfo(torch.float32).eps)
 
     @property
     def audio_channels(self) -> int:
@@ -150,6 +157,8 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         """
         if kwargs:
             raise TypeError(f"Unexpected arguments: {', '.join(sorted(kwargs))}.")
+        if sampling_rate is not None and (isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer))):
+            raise TypeError(f"sampling_rate must be an int (Hz), got {type(sampling_rate).__name__} {sampling_rate!r}.")
         if sampling_rate is None:
             raise ValueError(
                 f"`sampling_rate` is required: GRAM expects {self.sampling_rate} Hz audio; call "
@@ -186,6 +195,12 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             data = {k: v.cpu().numpy() for k, v in data.items()}
         return BatchFeature(data, tensor_type=return_tensors)
 
+    def pad(self, *args, **kwargs):
+        raise NotImplementedError(
+            "GramFeatureExtractor pads log-mel features itself: pass all clips in one call, "
+            "extractor([clip_1, clip_2, ...], sampling_rate=32000)."
+        )
+
     # ----------------------------------------------------------------------------------------------
     # Features
     # ----------------------------------------------------------------------------------------------
@@ -214,9 +229,12 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             # Samples of these frames in the centred (reflect-padded) signal; only the edge blocks need the
             # reflection, so the whole recording is never copied: identical frames, bounded memory.
             low, high = start * self.hop_length - half, (stop - 1) * self.hop_length + half
-            segment = audio[:, max(low, 0) : min(high, num_samples)]
-            if low < 0 or high > num_samples:
-                segment = F.pad(segment.unsqueeze(0), (max(-low, 0), max(high - num_samples, 0)), mode="reflect")[0]
+            pieces = [audio[:, max(low, 0) : min(high, num_samples)]]
+            if low < 0:  # reflection of the whole signal's start: x[-low], ..., x[1]
+                pieces.insert(0, audio[:, 1 : 1 - low].flip(-1))
+            if high > num_samples:  # and of its end: x[N-2], ..., x[N-1-(high-N)]
+                pieces.append(audio[:, 2 * num_samples - 1 - high : num_samples - 1].flip(-1))
+            segment = torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
             spectrum = torch.stft(
                 segment, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
             )  # (C, n_fft // 2 + 1, frames)
@@ -225,7 +243,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
 
     def _spectrum_to_features(self, spectrum: torch.Tensor, filterbank: torch.Tensor) -> torch.Tensor:
         power = spectrum.real.square() + spectrum.imag.square()  # (C, freqs, frames)
-        log_mel = torch.log(power.transpose(-1, -2) @ filterbank + self.log_offset)  # (C, frames, mels)
+        log_mel = torch.log(power.transpose(-1, -2) @ filterbank + self.effective_log_offset)  # (C, frames, mels)
         if self.num_channels != 7:
             return log_mel
         omni, directional = spectrum[:1], spectrum[1:]
@@ -250,8 +268,8 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         if isinstance(raw_audio, (list, tuple)):
             if len(raw_audio) == 0:
                 raise ValueError("Expected audio, got an empty list.")
-            if all(isinstance(x, (int, float)) for x in raw_audio):
-                return [self._to_tensor(np.asarray(raw_audio, dtype=np.float32), 0)]
+            if all(np.isscalar(x) for x in raw_audio):  # one mono clip as a list of samples
+                return [self._to_tensor(np.asarray(raw_audio), 0)]
             clips = [self._to_tensor(clip, i) for i, clip in enumerate(raw_audio)]
             for i, clip in enumerate(clips):
                 if clip.ndim > 2:

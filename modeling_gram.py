@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -577,6 +578,8 @@ class GramModel(GramPreTrainedModel):
             )
         if attention_mask is None:
             return torch.full((batch,), frames, dtype=torch.long, device=input_values.device)
+        if not isinstance(attention_mask, torch.Tensor):
+            attention_mask = torch.as_tensor(np.asarray(attention_mask))
         if tuple(attention_mask.shape) != (batch, frames):
             raise ValueError(f"Expected attention_mask of shape {(batch, frames)}, got {tuple(attention_mask.shape)}.")
         mask = attention_mask.to(device=input_values.device).long()
@@ -606,6 +609,10 @@ class _DecoderConfig:
         self.attention_window_sizes = list(config.decoder_window_sizes)
 
     def __getattr__(self, name):
+        # Only reached for names not set above; guard `_config` itself so copy/pickle (which build the
+        # object without __init__) do not recurse.
+        if name == "_config" or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self._config, name)
 
 

@@ -36,6 +36,16 @@ def test_long_audio_computed_in_blocks_equals_torchaudio(audio_clips):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("num_samples", [4096 * 320, 4096 * 320 - 1, 4096 * 320 + 1, 2 * 4096 * 320])
+def test_stft_block_boundaries(num_samples):
+    # 4096-frame blocks: at k * 1310720 samples the last block holds a single frame at the very end.
+    audio = 0.1 * torch.randn(1, num_samples, generator=torch.Generator().manual_seed(num_samples))
+    ours = extract(audio, 1)["input_values"][0]
+    expected = torch.log(original_melspec()(audio) + torch.finfo(torch.float32).eps).transpose(-1, -2)
+    assert ours.shape == expected.shape == (1, num_samples // 320 + 1, 128)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+
+
 def _float64_foa_features(audio: np.ndarray) -> np.ndarray:
     """Log-mels and intensity vectors from scratch in float64: numpy STFT + torchaudio's mel filters."""
     n_fft, hop = 1024, 320
@@ -114,6 +124,53 @@ def test_integer_pcm_is_scaled(audio_clips):
     )
 
 
+@pytest.mark.parametrize(
+    "dtype, scale, offset",
+    [(np.int16, 32768.0, 0.0), (np.int32, 2147483648.0, 0.0), (np.uint8, 128.0, 128.0)],
+)
+def test_pcm_scaling_rules(dtype, scale, offset):
+    info = np.iinfo(dtype)
+    pcm = np.random.default_rng(0).integers(info.min, info.max, size=(2, 16000), endpoint=True).astype(dtype)
+    expected = extract(torch.from_numpy((pcm.astype(np.float64) - offset) / scale).float(), 2)["input_values"]
+    torch.testing.assert_close(extract(pcm, 2)["input_values"], expected)
+    torch.testing.assert_close(extract(torch.from_numpy(pcm), 2)["input_values"], expected)
+
+
+def test_list_of_samples_and_device_argument(audio_clips):
+    audio = audio_clips(1, 0.5)[0]
+    from_list = extract([float(x) for x in audio], 1)["input_values"]
+    from_np_scalars = extract(list(audio.numpy()), 1)["input_values"]
+    torch.testing.assert_close(from_list, extract(audio, 1)["input_values"])
+    torch.testing.assert_close(from_np_scalars, from_list)
+    with pytest.raises(TypeError, match="int16/int32/uint8"):
+        extract([1, 2, 3] * 400, 1)  # a list of Python ints is integer audio of unknown scale
+    on_device = GramFeatureExtractor(num_channels=1)(audio, sampling_rate=SR, return_tensors="pt", device="cpu")
+    torch.testing.assert_close(on_device["input_values"], from_list)
+
+
+def test_log_offset_follows_the_format_unless_set(audio_clips):
+    assert GramFeatureExtractor(num_channels=7).effective_log_offset == 1e-6
+    assert GramFeatureExtractor(num_channels=2).effective_log_offset == float(np.finfo(np.float32).eps)
+    import os
+
+    from conftest import ROOT
+    from transformers import AutoFeatureExtractor
+
+    ambisonic = AutoFeatureExtractor.from_pretrained(ROOT, trust_remote_code=True, num_channels=7)
+    assert ambisonic.effective_log_offset == 1e-6
+    quiet = 1e-4 * audio_clips(4, 0.5)  # quiet audio: where the offset matters
+    torch.testing.assert_close(
+        ambisonic(quiet, sampling_rate=SR, return_tensors="pt")["input_values"], extract(quiet, 7)["input_values"]
+    )
+    assert os.path.isfile(os.path.join(ROOT, "preprocessor_config.json"))
+    assert GramFeatureExtractor(num_channels=2, log_offset=1e-5).effective_log_offset == 1e-5
+
+
+def test_pad_is_not_a_silent_second_path():
+    with pytest.raises(NotImplementedError, match="pass all clips in one call"):
+        GramFeatureExtractor().pad({"input_values": [np.zeros((2, 3, 128))]})
+
+
 def test_resampling_only_when_asked(audio_clips):
     audio_16k = audio_clips(2, 1.0)[:, ::2].contiguous()
     with pytest.raises(ValueError, match="expects audio at 32000 Hz, got 16000 Hz"):
@@ -126,6 +183,7 @@ def test_resampling_only_when_asked(audio_clips):
     "audio, kwargs, error, message",
     [
         (np.zeros((2, 8000), np.float32), {"sampling_rate": None}, ValueError, "sampling_rate` is required"),
+        (np.zeros((2, 8000), np.float32), {"sampling_rate": "32000"}, TypeError, "sampling_rate must be an int"),
         (np.full((2, 8000), np.nan, np.float32), {}, ValueError, "NaN or Inf"),
         (np.array([0.0, np.inf] * 4000, np.float32), {}, ValueError, "NaN or Inf"),
         (np.zeros((2, 0), np.float32), {}, ValueError, "empty"),

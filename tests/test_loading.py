@@ -57,15 +57,17 @@ def test_config_round_trip(tmp_path):
     assert json.load(open(tmp_path / "config.json"))["auto_map"]["AutoModel"] == "modeling_gram.GramModel"
 
 
-def test_original_hub_style_max_length_loads_and_saves(tmp_path):
-    # The original Hub config named the chunk length `max_length`, which breaks transformers 5.x.
+@pytest.mark.parametrize("max_length", [200, 1024])
+def test_original_hub_style_max_length_loads_and_saves(max_length, tmp_path):
+    # The original Hub config carried `max_length`, which breaks transformers 5.x; GRAM chunks are 200 frames.
     config = GramConfig().to_dict()
     config.pop("chunk_frames")
-    config["max_length"] = 200
+    config["max_length"] = max_length
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = GramConfig.from_pretrained(tmp_path)
     assert loaded.chunk_frames == 200 and "max_length" not in loaded.to_dict()
     loaded.save_pretrained(tmp_path / "again")
+    assert "max_length" not in json.loads((tmp_path / "again" / "config.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -190,3 +192,42 @@ def test_saved_directory_loads_offline_in_a_clean_process(tmp_path):
         for strategy, values in report["pooled"].items():
             expected = model(**inputs, strategy=strategy).pooler_output
             assert relative_error(torch.tensor(values), expected) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_from_pretrained_in_half_precision_keeps_the_weights(dtype, tmp_path):
+    torch.manual_seed(0)
+    model = GramModel(tiny_config("binaural-frame")).eval()
+    model.save_pretrained(tmp_path)
+    half = AutoModel.from_pretrained(tmp_path, trust_remote_code=True, dtype=dtype).eval()
+    assert half.embeddings.patch_embeddings.projection.weight.dtype == dtype
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(half.state_dict()[name].float(), value.to(dtype).float(), rtol=0, atol=0)
+    x = torch.randn(1, 2, 260, 128)
+    with torch.no_grad():
+        out, reference = half(x, strategy="mean"), model(x, strategy="mean")
+    assert out.pooler_output.dtype == torch.float32
+    assert relative_error(out.pooler_output, reference.pooler_output) < 2e-2
+
+
+def test_attn_implementation_chosen_at_loading_is_used(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    GramModel(tiny_config("mono-time")).save_pretrained(tmp_path)
+    calls = []
+    original_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    x = torch.randn(1, 1, 200, 128)
+    sdpa = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    eager = AutoModel.from_pretrained(tmp_path, trust_remote_code=True, attn_implementation="eager").eval()
+    assert (sdpa.config._attn_implementation, eager.config._attn_implementation) == ("sdpa", "eager")
+    with torch.no_grad():
+        expected = eager(x).last_hidden_state
+        assert calls == []  # eager never calls SDPA
+        got = sdpa(x).last_hidden_state
+    assert len(calls) == sdpa.config.num_hidden_layers
+    assert relative_error(got, expected) < 1e-5

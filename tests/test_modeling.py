@@ -37,14 +37,21 @@ def test_matches_original_for_every_variant_and_strategy(variant, strategy, audi
     assert relative_error(ours.last_hidden_state, raw) < 1e-4
 
 
-def test_full_size_vit_b_matches_original(audio_clips):
-    model, original = model_pair(GramConfig.from_variant("binaural-frame"))
-    features = original_features([audio_clips(2, 2.5)], 2)
+@pytest.fixture(scope="module", params=["binaural-frame", "ambisonics-time"])
+def full_size_pair(request):
+    return request.param, *model_pair(GramConfig.from_variant(request.param))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_full_size_vit_b_matches_original(full_size_pair, strategy, audio_clips):
+    variant, model, original = full_size_pair
+    features = features_for(variant, audio_clips, 2.5)
     with torch.no_grad():
-        ours = model(features, strategy="raw")
-        expected = original_runtime_encode(original, features, "raw")
-    assert relative_error(ours.last_hidden_state, expected) < 1e-4
-    assert relative_error(ours.pooler_output, expected.mean(dim=1)) < 1e-4
+        ours = model(features, strategy=strategy)
+        expected_raw = original_runtime_encode(original, features, "raw")
+        expected_scene = original_scene_embedding(original, features, strategy)
+    assert relative_error(ours.last_hidden_state, expected_raw) < 1e-4
+    assert relative_error(ours.pooler_output, expected_scene) < 1e-4
 
 
 @pytest.mark.parametrize("strategy", ["mean", "cls"])
@@ -106,16 +113,21 @@ def test_clip_embeds_the_same_alone_or_in_a_padded_batch(variant, strategy, audi
             assert not together.last_hidden_state[i, steps:].any()
 
 
-def test_sub_batches_give_the_same_result():
-    config = tiny_config("binaural-time")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sub_batches_give_the_same_result(strategy):
+    config = tiny_config("binaural-frame")
     model = GramModel(config).eval()
     x = torch.randn(3, 2, 1234, 128)
+    mask = torch.ones(3, 1234, dtype=torch.long)
+    mask[0, 333:] = 0
+    mask[2, 801:] = 0
     with torch.no_grad():
-        whole = model(x, strategy="mean")
+        whole = model(x, mask, strategy=strategy, output_hidden_states=True)
         model.config.chunk_batch_size = 2
-        pieces = model(x, strategy="mean")
+        pieces = model(x, mask.numpy(), strategy=strategy, output_hidden_states=True)  # numpy masks work too
     assert relative_error(pieces.pooler_output, whole.pooler_output) < 1e-6
     assert relative_error(pieces.last_hidden_state, whole.last_hidden_state) < 1e-6
+    assert relative_error(pieces.hidden_states[-1], whole.hidden_states[-1]) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -148,3 +148,16 @@ def test_bad_pretraining_inputs(kwargs, message):
 def test_decoder_windows_must_divide_the_patch_sequence():
     with pytest.raises(ValueError, match="divide the 100 patches"):
         GramForPreTraining(tiny_pretraining_config("binaural-time", decoder_window_sizes=[3, 0, 0, 0, 0, 0, 0, 0]))
+
+
+def test_pretraining_model_can_be_copied_and_pickled():
+    import copy
+    import pickle
+
+    model = GramForPreTraining(tiny_pretraining_config("binaural-frame")).eval()
+    x = torch.randn(1, 2, 200, 128)
+    mask = model.random_masking(1, x.device)
+    with torch.no_grad():
+        expected = model(x, bool_masked_pos=mask).reconstruction
+        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert torch.equal(clone(x, bool_masked_pos=mask).reconstruction, expected)

@@ -362,6 +362,127 @@ class GramPreTrainedModel(PreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------------------------
+# Chunking and pooling (shared by GramModel and the ONNX runner in export_onnx.py)
+# ------------------------------------------------------------------------------------------------------
+def check_inputs(config: GramConfig, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Validates the inputs; returns each clip's number of real frames `(batch_size,)`."""
+    if not isinstance(input_values, torch.Tensor):
+        raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}.")
+    if not input_values.is_floating_point():
+        raise TypeError(f"input_values must be floating point log-mels, got dtype {input_values.dtype}.")
+    expected = f"(batch_size, {config.num_channels}, num_frames, {config.num_mel_bins})"
+    if input_values.ndim != 4:
+        raise ValueError(f"Expected input_values of shape {expected}, got {tuple(input_values.shape)}.")
+    batch, channels, frames, mels = input_values.shape
+    if channels != config.num_channels or mels != config.num_mel_bins or frames == 0 or batch == 0:
+        raise ValueError(
+            f"Expected input_values of shape {expected} (this is a {config.audio_format} model), "
+            f"got {tuple(input_values.shape)}."
+        )
+    if attention_mask is None:
+        return torch.full((batch,), frames, dtype=torch.long, device=input_values.device)
+    if not isinstance(attention_mask, torch.Tensor):
+        attention_mask = torch.as_tensor(np.asarray(attention_mask))
+    if tuple(attention_mask.shape) != (batch, frames):
+        raise ValueError(f"Expected attention_mask of shape {(batch, frames)}, got {tuple(attention_mask.shape)}.")
+    mask = attention_mask.to(device=input_values.device).long()
+    num_frames = mask.sum(dim=1)
+    prefix = torch.arange(frames, device=mask.device) < num_frames[:, None]
+    if not torch.equal(mask, prefix.long()):
+        raise ValueError("attention_mask must be 1 on a prefix of real frames and 0 on right padding only.")
+    if bool((num_frames == 0).any()):
+        raise ValueError("Every clip needs at least one real frame; attention_mask has an all-zero row.")
+    return num_frames
+
+
+@dataclass
+class ChunkLayout:
+    """A batch cut into chunks: `chunks` `(batch, channels, max_chunks, chunk_frames, mels)`, zero past each
+    clip's end, and the `(clip_index, chunk_index)` of the chunks that hold audio, in order."""
+
+    chunks: torch.Tensor
+    clip_index: torch.Tensor
+    chunk_index: torch.Tensor
+    num_frames: torch.Tensor
+    num_chunks: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.chunks.shape[0]
+
+    @property
+    def max_chunks(self) -> int:
+        return self.chunks.shape[2]
+
+    @property
+    def num_real_chunks(self) -> int:
+        return self.clip_index.shape[0]
+
+    def gather(self, start: int, stop: int) -> torch.Tensor:
+        """Real chunks `start:stop` as `(stop - start, channels, chunk_frames, mels)`."""
+        return self.chunks[self.clip_index[start:stop], :, self.chunk_index[start:stop]]
+
+    def per_clip(self, values: torch.Tensor) -> torch.Tensor:
+        """`(num_real_chunks, ...)` -> `(batch, max_chunks, ...)`, zeros for chunks past a clip's end."""
+        out = values.new_zeros((self.batch_size, self.max_chunks) + tuple(values.shape[1:]))
+        out[self.clip_index, self.chunk_index] = values
+        return out
+
+
+def split_into_chunks(config: GramConfig, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> ChunkLayout:
+    """Validates the inputs and cuts them into `config.chunk_frames`-frame chunks, the last one zero-padded."""
+    num_frames = check_inputs(config, input_values, attention_mask)
+    chunk_frames = config.chunk_frames
+    num_chunks = (num_frames + chunk_frames - 1) // chunk_frames  # (B,)
+    batch, channels, frames, mels = input_values.shape
+    max_chunks = int(num_chunks.max())
+    # One zero-filled copy holds all chunks: frames past a clip's end are zero (the original's padding),
+    # whatever the batch was padded with.
+    total = max_chunks * chunk_frames
+    kept = min(frames, total)
+    padded = input_values.new_zeros(batch, channels, total, mels)
+    padded[:, :, :kept] = input_values[:, :, :kept]
+    if attention_mask is not None:
+        frame_is_real = torch.arange(total, device=padded.device) < num_frames[:, None]
+        padded.masked_fill_(~frame_is_real[:, None, :, None], 0.0)
+    chunk_is_real = torch.arange(max_chunks, device=padded.device) < num_chunks[:, None]  # (B, n)
+    clip_index, chunk_index = chunk_is_real.nonzero(as_tuple=True)
+    chunks = padded.view(batch, channels, max_chunks, chunk_frames, mels)
+    return ChunkLayout(chunks, clip_index, chunk_index, num_frames, num_chunks)
+
+
+def pool_chunk_tokens(config: GramConfig, tokens: torch.Tensor, layout: ChunkLayout, strategy: str):
+    """Time-resolved and pooled embeddings from the encoder tokens of the layout's real chunks.
+
+    Args:
+        tokens (`torch.FloatTensor` of shape `(num_real_chunks, 1 + num_patches, hidden_size)`): CLS first.
+
+    Returns:
+        `(last_hidden_state, pooler_output, embedding_mask, timestamps)` as in [`GramModelOutput`].
+    """
+    if strategy not in POOLING_STRATEGIES:
+        raise ValueError(f"strategy must be one of {POOLING_STRATEGIES}, got {strategy!r}.")
+    tokens = tokens.float()
+    # "raw": b (f t) d -> b t (f d) per chunk, chunks concatenated in time: (B, n * grid_t, grid_f * D)
+    grid_f, grid_t = config.grid_size
+    hidden = tokens.shape[-1]
+    steps = layout.per_clip(tokens[:, 1:].reshape(-1, grid_f, grid_t, hidden).transpose(1, 2))
+    steps = steps.view(layout.batch_size, layout.max_chunks * grid_t, grid_f * hidden)
+    frames_per_step = config.patch_stride[1]
+    num_steps = (layout.num_frames + frames_per_step - 1) // frames_per_step  # steps touching real frames
+    last_hidden_state = steps[:, : int(num_steps.max())]
+    embedding_mask = (torch.arange(last_hidden_state.shape[1], device=steps.device) < num_steps[:, None]).long()
+    last_hidden_state.masked_fill_(embedding_mask[..., None] == 0, 0.0)
+    if strategy == "raw":
+        pooled = last_hidden_state.sum(dim=1) / num_steps[:, None]
+    else:
+        per_chunk = tokens[:, 0] if strategy == "cls" else tokens[:, 1:].mean(dim=1)
+        pooled = layout.per_clip(per_chunk).sum(dim=1) / layout.num_chunks[:, None]
+    timestamps = torch.arange(last_hidden_state.shape[1], device=steps.device, dtype=torch.float32) * config.step_duration_ms
+    return last_hidden_state, pooled, embedding_mask, timestamps
+
+
+# ------------------------------------------------------------------------------------------------------
 # The encoder model
 # ------------------------------------------------------------------------------------------------------
 class GramModel(GramPreTrainedModel):
@@ -463,54 +584,11 @@ class GramModel(GramPreTrainedModel):
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
 
-        num_frames = self._check_inputs(input_values, attention_mask)
-        chunk_frames = self.config.chunk_frames
-        num_chunks = (num_frames + chunk_frames - 1) // chunk_frames  # (B,)
-        batch, channels, frames, mels = input_values.shape
-        max_chunks = int(num_chunks.max())
-
-        # One zero-filled copy holds all chunks: frames past a clip's end are zero (the original's padding),
-        # whatever the batch was padded with.
-        total = max_chunks * chunk_frames
-        kept = min(frames, total)
-        padded = input_values.new_zeros(batch, channels, total, mels)
-        padded[:, :, :kept] = input_values[:, :, :kept]
-        if attention_mask is not None:
-            frame_is_real = torch.arange(total, device=padded.device) < num_frames[:, None]
-            padded.masked_fill_(~frame_is_real[:, None, :, None], 0.0)
-        chunks = padded.view(batch, channels, max_chunks, chunk_frames, mels)
-        chunk_is_real = torch.arange(max_chunks, device=padded.device) < num_chunks[:, None]  # (B, n)
-        clip_index, chunk_index = chunk_is_real.nonzero(as_tuple=True)  # the M real chunks
-
-        tokens, all_hidden, all_attentions = self._encode_in_sub_batches(
-            chunks, clip_index, chunk_index, output_hidden_states, output_attentions
-        )  # tokens: (M, 1 + P, D) float32
-
-        def per_clip(values: torch.Tensor) -> torch.Tensor:  # (M, ...) -> (B, n, ...), zeros for missing chunks
-            out = values.new_zeros((batch, max_chunks) + tuple(values.shape[1:]))
-            out[clip_index, chunk_index] = values
-            return out
-
-        # "raw": b (f t) d -> b t (f d) per chunk, chunks concatenated in time: (B, n * grid_t, grid_f * D)
-        grid_f, grid_t = self.config.grid_size
-        hidden = tokens.shape[-1]
-        steps = per_clip(tokens[:, 1:].view(-1, grid_f, grid_t, hidden).transpose(1, 2))
-        steps = steps.view(batch, max_chunks * grid_t, grid_f * hidden)
-        frames_per_step = self.config.patch_stride[1]
-        num_steps = (num_frames + frames_per_step - 1) // frames_per_step  # steps touching real frames
-        last_hidden_state = steps[:, : int(num_steps.max())]
-        embedding_mask = (torch.arange(last_hidden_state.shape[1], device=steps.device) < num_steps[:, None]).long()
-        last_hidden_state.masked_fill_(embedding_mask[..., None] == 0, 0.0)
-
-        if strategy == "raw":
-            pooled = last_hidden_state.sum(dim=1) / num_steps[:, None]
-        else:
-            per_chunk = tokens[:, 0] if strategy == "cls" else tokens[:, 1:].mean(dim=1)
-            pooled = per_clip(per_chunk).sum(dim=1) / num_chunks[:, None]
-
-        timestamps = torch.arange(last_hidden_state.shape[1], device=steps.device, dtype=torch.float32) * self.config.step_duration_ms
-        hidden_states = tuple(per_clip(h) for h in all_hidden) if output_hidden_states else None
-        attentions = tuple(per_clip(a) for a in all_attentions) if output_attentions else None
+        layout = split_into_chunks(self.config, input_values, attention_mask)
+        tokens, all_hidden, all_attentions = self._encode_in_sub_batches(layout, output_hidden_states, output_attentions)
+        last_hidden_state, pooled, embedding_mask, timestamps = pool_chunk_tokens(self.config, tokens, layout, strategy)
+        hidden_states = tuple(layout.per_clip(h) for h in all_hidden) if output_hidden_states else None
+        attentions = tuple(layout.per_clip(a) for a in all_attentions) if output_attentions else None
         if not return_dict:
             return tuple(
                 v for v in (last_hidden_state, pooled, embedding_mask, timestamps, hidden_states, attentions) if v is not None
@@ -524,27 +602,17 @@ class GramModel(GramPreTrainedModel):
             attentions=attentions,
         )
 
-    def _encode_in_sub_batches(
-        self,
-        chunks: torch.Tensor,
-        clip_index: torch.Tensor,
-        chunk_index: torch.Tensor,
-        output_hidden_states: bool,
-        output_attentions: bool,
-    ):
-        """Encodes `chunks[clip_index[i], :, chunk_index[i]]` for all i, `config.chunk_batch_size` at a time.
-
-        `chunks` is `(batch, channels, num_chunks, chunk_frames, mels)`; only a sub-batch is ever gathered.
-        """
+    def _encode_in_sub_batches(self, layout: "ChunkLayout", output_hidden_states: bool, output_attentions: bool):
+        """Encodes the layout's real chunks, `config.chunk_batch_size` at a time (only a sub-batch is ever
+        gathered); returns float32 tokens `(num_real_chunks, 1 + num_patches, hidden_size)` and the layers."""
         size = max(1, int(self.config.chunk_batch_size))
-        num = clip_index.shape[0]
+        num = layout.num_real_chunks
         tokens = None
         hidden, attentions = [], []
         for start in range(0, num, size):
             stop = min(start + size, num)
-            sub_batch = chunks[clip_index[start:stop], :, chunk_index[start:stop]]  # (S, C, chunk, F)
             out, layer_hidden, layer_attentions = self.encode_chunks(
-                sub_batch, None, output_hidden_states, output_attentions
+                layout.gather(start, stop), None, output_hidden_states, output_attentions
             )
             if tokens is None:
                 tokens = torch.empty((num,) + tuple(out.shape[1:]), dtype=torch.float32, device=out.device)
@@ -560,37 +628,6 @@ class GramModel(GramPreTrainedModel):
             join(hidden) if output_hidden_states else None,
             join(attentions) if output_attentions else None,
         )
-
-    def _check_inputs(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validates the inputs; returns each clip's number of real frames `(batch_size,)`."""
-        if not isinstance(input_values, torch.Tensor):
-            raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}.")
-        if not input_values.is_floating_point():
-            raise TypeError(f"input_values must be floating point log-mels, got dtype {input_values.dtype}.")
-        expected = f"(batch_size, {self.config.num_channels}, num_frames, {self.config.num_mel_bins})"
-        if input_values.ndim != 4:
-            raise ValueError(f"Expected input_values of shape {expected}, got {tuple(input_values.shape)}.")
-        batch, channels, frames, mels = input_values.shape
-        if channels != self.config.num_channels or mels != self.config.num_mel_bins or frames == 0 or batch == 0:
-            raise ValueError(
-                f"Expected input_values of shape {expected} (this is a {self.config.audio_format} model), "
-                f"got {tuple(input_values.shape)}."
-            )
-        if attention_mask is None:
-            return torch.full((batch,), frames, dtype=torch.long, device=input_values.device)
-        if not isinstance(attention_mask, torch.Tensor):
-            attention_mask = torch.as_tensor(np.asarray(attention_mask))
-        if tuple(attention_mask.shape) != (batch, frames):
-            raise ValueError(f"Expected attention_mask of shape {(batch, frames)}, got {tuple(attention_mask.shape)}.")
-        mask = attention_mask.to(device=input_values.device).long()
-        num_frames = mask.sum(dim=1)
-        prefix = torch.arange(frames, device=mask.device) < num_frames[:, None]
-        if not torch.equal(mask, prefix.long()):
-            raise ValueError("attention_mask must be 1 on a prefix of real frames and 0 on right padding only.")
-        if bool((num_frames == 0).any()):
-            raise ValueError("Every clip needs at least one real frame; attention_mask has an all-zero row.")
-        return num_frames
-
 
 # ------------------------------------------------------------------------------------------------------
 # MW-MAE decoder and the pretraining model

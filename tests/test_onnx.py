@@ -1,0 +1,57 @@
+"""ONNX export: onnxruntime reproduces the PyTorch encoder and, with the shared chunking/pooling, the
+embeddings of GramModel (relative error < 1e-4, float32)."""
+
+import os
+
+import pytest
+import torch
+from conftest import STRATEGIES, relative_error, tiny_config
+
+pytest.importorskip("onnxruntime")  # part of requirements.txt; guards a partial manual install only
+
+from export_onnx import ONNX_FILE, GramOnnxModel, export_onnx, main  # noqa: E402
+from modeling_gram import GramModel  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["binaural-frame", "ambisonics-time"])
+def exported(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = GramModel(tiny_config(request.param)).eval()
+    directory = export_onnx(model, str(tmp_path_factory.mktemp("onnx") / request.param))
+    return model, GramOnnxModel(directory)
+
+
+@pytest.mark.parametrize("num_chunks", [1, 4])
+def test_onnx_chunk_encoder_matches_pytorch(exported, num_chunks):
+    model, runner = exported
+    chunks = torch.randn(num_chunks, model.config.num_channels, 200, 128) * 2 - 1
+    with torch.no_grad():
+        expected = model.encode_chunks(chunks)[0]
+    assert relative_error(torch.from_numpy(runner.encode_chunks(chunks)), expected) < 1e-4
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_onnx_runner_matches_gram_model_on_a_padded_batch(exported, strategy):
+    model, runner = exported
+    model.config.chunk_batch_size = runner.config.chunk_batch_size = 3  # sub-batches as well
+    x = torch.randn(2, model.config.num_channels, 777, 128)
+    mask = torch.ones(2, 777, dtype=torch.long)
+    mask[1, 350:] = 0
+    with torch.no_grad():
+        expected = model(x, mask, strategy=strategy)
+    got = runner(x.numpy(), mask, strategy=strategy)
+    assert torch.equal(got.embedding_mask, expected.embedding_mask)
+    assert relative_error(got.pooler_output, expected.pooler_output) < 1e-4
+    assert relative_error(got.last_hidden_state, expected.last_hidden_state) < 1e-4
+
+
+def test_export_command_and_errors(tmp_path):
+    torch.manual_seed(0)
+    GramModel(tiny_config("mono-time")).save_pretrained(tmp_path / "model")
+    assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "configuration_gram.py", ONNX_FILE]
+    with pytest.raises(FileExistsError):
+        main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(FileNotFoundError, match="export_onnx.py"):
+        GramOnnxModel(str(tmp_path / "model"))
+    assert sorted(os.listdir(tmp_path)) == ["model", "out"]  # no staging directories left

@@ -1,0 +1,179 @@
+"""Fast-inference benchmark: 8 x 10-s realistic binaural scenes (benchmarks/scenes.py), full-size GRAM,
+float32 vs bfloat16 vs int8 dynamic quantisation of the Linear layers vs ONNX Runtime (float32).
+
+For each mode and batch size: clips/s, real-time factor, the encoder's achieved FLOP/s and its share of the
+matmul rate of that mode's arithmetic measured in the same run (2048x2048 float32 / bfloat16 matmul, int8
+dynamically quantised Linear); and accuracy against float32: relative error and cosine similarity of the
+raw / mean / cls embeddings.
+
+bfloat16 needs native support to be fast (AVX512-BF16 / AMX on x86 CPUs, any recent GPU). Without it,
+PyTorch emulates it about 100x slower than float32; the script then says so, measures the matmul rate and
+the accuracy (on `--slow-accuracy-seconds` of audio) and skips the throughput runs.
+
+    python benchmarks/benchmark_precision.py                           # CPU, all modes
+    python benchmarks/benchmark_precision.py --device cuda --compile   # GPU: fp32 and bf16 (+ torch.compile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from benchmark_inference import best_time, encoder_flops_per_chunk, matmul_flops_per_second  # noqa: E402
+from scenes import binaural_scene  # noqa: E402
+
+from configuration_gram import GramConfig  # noqa: E402
+from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
+from modeling_gram import GramModel  # noqa: E402
+
+SR = 32000
+STRATEGIES = ("raw", "mean", "cls")
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def int8_linear_rate(size: int = 2048, repeats: int = 10) -> float:
+    layer = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(size, size, bias=False)), {nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(size, size)
+    return 2 * size**3 / best_time(lambda: layer(x), torch.device("cpu"), repeats)
+
+
+def reference_rate(mode: str, device: torch.device, fast_bf16: bool) -> float:
+    if mode == "bf16":
+        return matmul_flops_per_second(device, torch.bfloat16, size=2048 if fast_bf16 else 256, repeats=10 if fast_bf16 else 2)
+    if mode == "int8":
+        return int8_linear_rate()
+    return matmul_flops_per_second(device, torch.float32)
+
+
+class Runner:
+    """Embeds features with one precision mode; returns float32 pooled embeddings per strategy."""
+
+    def __init__(self, mode: str, model: GramModel, device: torch.device, compile_model: bool):
+        self.mode = mode
+        if mode == "onnx":
+            from export_onnx import GramOnnxModel, export_onnx
+
+            self._tmp = tempfile.TemporaryDirectory()
+            self.model = GramOnnxModel(export_onnx(model, os.path.join(self._tmp.name, "onnx")))
+            return
+        module = copy.deepcopy(model)
+        if mode == "bf16":
+            module = module.to(torch.bfloat16)
+        elif mode == "int8":
+            module = torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+        self.model = module.to(device).eval()
+        if compile_model:
+            self.model.encoder = torch.compile(self.model.encoder)
+
+    def __call__(self, features: torch.Tensor, strategy: str = "raw") -> torch.Tensor:
+        if self.mode == "onnx":
+            return self.model(features.cpu(), strategy=strategy).pooler_output
+        with torch.inference_mode():
+            return self.model(features, strategy=strategy).pooler_output
+
+
+def accuracy(runner: Runner, reference: Runner, features: torch.Tensor) -> dict:
+    result = {}
+    for strategy in STRATEGIES:
+        expected = reference(features, strategy).double().cpu()
+        got = runner(features, strategy).double().cpu()
+        result[strategy] = {
+            "relative_error": float((got - expected).norm() / expected.norm()),
+            "min_cosine": float(nn.functional.cosine_similarity(got, expected).min()),
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", default="binaural-time")
+    parser.add_argument("--modes", nargs="+", default=None, help="fp32 bf16 int8 onnx (default: all the device runs)")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (fp32/bf16)")
+    parser.add_argument("--slow-accuracy-seconds", type=float, default=4.0)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    modes = args.modes or (["fp32", "bf16", "int8", "onnx"] if device.type == "cpu" else ["fp32", "bf16"])
+    fast_bf16 = native_bf16(device)
+    torch.manual_seed(0)
+    config = GramConfig.from_variant(args.variant)
+    model = GramModel(config).eval()  # random weights: speed does not depend on their values
+    extractor = GramFeatureExtractor(num_channels=config.num_channels)
+    scenes = [binaural_scene(10.0, seed) for seed in range(args.clips)]
+    features = extractor(scenes, sampling_rate=SR, return_tensors="pt")["input_values"].to(device)
+    flops_per_clip = -(-features.shape[2] // config.chunk_frames) * encoder_flops_per_chunk(config)
+
+    report = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "native_bf16": fast_bf16, "torch": torch.__version__},
+        "variant": args.variant, "audio": f"{args.clips} x 10-s synthetic binaural scenes (benchmarks/scenes.py)",
+        "modes": {},
+    }
+    reference = Runner("fp32", model, device, compile_model=False)
+    for mode in modes:
+        runner = Runner(mode, model, device, compile_model=args.compile and mode in ("fp32", "bf16"))
+        entry = {"reference_gflops_per_s": reference_rate(mode, device, fast_bf16) / 1e9}
+        slow = mode == "bf16" and not fast_bf16
+        if slow:
+            frames = int(args.slow_accuracy_seconds * 100) + 1
+            entry["note"] = "no native bf16 on this device: emulated, throughput not measured"
+            entry["accuracy"] = accuracy(runner, reference, features[:1, :, :frames])
+        else:
+            entry["accuracy"] = accuracy(runner, reference, features)
+            for batch in args.batch_sizes:
+                def run():
+                    for start in range(0, args.clips, batch):
+                        runner(features[start : start + batch])
+
+                seconds = best_time(run, device, args.repeats)
+                achieved = flops_per_clip * args.clips / seconds
+                entry[f"batch_{batch}"] = {
+                    "clips_per_s": args.clips / seconds,
+                    "real_time_factor": args.clips * 10.0 / seconds,
+                    "encoder_gflops_per_s": achieved / 1e9,
+                    "share_of_reference_rate": achieved / (entry["reference_gflops_per_s"] * 1e9),
+                }
+        report["modes"][mode] = entry
+        print(json.dumps({mode: entry}, indent=2), flush=True)
+    fp32 = report["modes"].get("fp32", {})
+    for mode, entry in report["modes"].items():
+        for key in entry:
+            if key.startswith("batch_") and key in fp32:
+                entry[key]["speedup_vs_fp32"] = entry[key]["clips_per_s"] / fp32[key]["clips_per_s"]
+    print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ GRAM_AUTO_MAP = {
     "AutoConfig": "configuration_gram.GramConfig",
     "AutoModel": "modeling_gram.GramModel",
     "AutoModelForPreTraining": "modeling_gram.GramForPreTraining",
+    "AutoModelForAudioClassification": "modeling_gram.GramForAudioClassification",
     "AutoFeatureExtractor": "feature_extraction_gram.GramFeatureExtractor",
 }
 
@@ -47,6 +48,8 @@ class GramConfig(PretrainedConfig):
         pooling_strategy (`str`, defaults to `"raw"`): default of `GramModel.forward(strategy=...)`.
         chunk_batch_size (`int`, defaults to 32): most chunks run through the encoder at once; longer
             audio is encoded in sub-batches of this size to bound memory.
+        freeze_encoder (`bool`, defaults to False): task heads train their head only (linear probing).
+        classifier_dropout (`float`, defaults to 0.0): dropout before the task heads.
 
     Example:
 
@@ -89,6 +92,8 @@ class GramConfig(PretrainedConfig):
         sampling_rate: int = 32000,
         hop_length: int = 320,
         chunk_batch_size: int = 32,
+        freeze_encoder: bool = False,
+        classifier_dropout: float = 0.0,
         **kwargs,
     ):
         # The original Hub config carried `max_length`, a generation parameter that transformers 5.x refuses on
@@ -157,6 +162,8 @@ class GramConfig(PretrainedConfig):
         self.sampling_rate = sampling_rate
         self.hop_length = hop_length
         self.chunk_batch_size = chunk_batch_size
+        self.freeze_encoder = freeze_encoder
+        self.classifier_dropout = classifier_dropout
 
     @classmethod
     def from_variant(cls, variant: str, **kwargs) -> "GramConfig":

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 try:  # loaded by transformers as remote code (a package)
@@ -284,10 +285,17 @@ class GramEncoder(nn.Module):
         self.layer = nn.ModuleList([GramLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        num_layers: int | None = None,
+    ):
+        """Runs the first `num_layers` layers (all by default)."""
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layer:
+        for layer in self.layer[:num_layers]:
             if self.gradient_checkpointing and self.training:
                 checkpoint = getattr(self, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
                 hidden_states, weights = checkpoint(layer, hidden_states, output_attentions, use_reentrant=False)
@@ -523,19 +531,21 @@ class GramModel(GramPreTrainedModel):
         bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        num_layers: int | None = None,
     ):
         """Encoder over a batch of chunks, without pooling.
 
         Args:
             chunks (`torch.FloatTensor` of shape `(num_chunks, num_channels, chunk_frames, num_mel_bins)`).
             bool_masked_pos (`torch.BoolTensor` of shape `(num_chunks, num_patches)`, *optional*).
+            num_layers (`int`, *optional*): stop after this many layers (the final LayerNorm still applies).
 
         Returns:
             `(tokens, hidden_states, attentions)`: tokens `(num_chunks, 1 + num_kept_patches, hidden_size)`
             after the final LayerNorm, CLS first; the per-layer tuples or None.
         """
         return self.encode_normalized(
-            self.embeddings.normalize(chunks), bool_masked_pos, output_hidden_states, output_attentions
+            self.embeddings.normalize(chunks), bool_masked_pos, output_hidden_states, output_attentions, num_layers
         )
 
     def encode_normalized(
@@ -544,10 +554,11 @@ class GramModel(GramPreTrainedModel):
         bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        num_layers: int | None = None,
     ):
         """`encode_chunks` from already normalised chunks `(num_chunks, num_channels, num_mel_bins, chunk_frames)`."""
         embedded = self.embeddings(normalized, bool_masked_pos)
-        hidden, all_hidden, all_attentions = self.encoder(embedded, output_hidden_states, output_attentions)
+        hidden, all_hidden, all_attentions = self.encoder(embedded, output_hidden_states, output_attentions, num_layers)
         return self.layernorm(hidden), all_hidden, all_attentions
 
     def forward(
@@ -558,6 +569,7 @@ class GramModel(GramPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        layer: int | None = None,
         **kwargs,
     ) -> GramModelOutput | tuple:
         r"""
@@ -572,6 +584,9 @@ class GramModel(GramPreTrainedModel):
                 chunks) or "cls" (each chunk's CLS token, averaged over chunks). Defaults to
                 `config.pooling_strategy`.
             output_hidden_states, output_attentions, return_dict: as in `transformers`.
+            layer (`int`, *optional*): embed from the output of this layer (0 = patch embeddings,
+                `num_hidden_layers` = last, the default), with the final LayerNorm applied, as the original's
+                `get_audio_representation_from_layer`. Only the layers needed are run.
         """
         if kwargs:
             raise TypeError(f"GramModel.forward() got unexpected arguments: {', '.join(sorted(kwargs))}.")
@@ -584,8 +599,12 @@ class GramModel(GramPreTrainedModel):
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
 
+        if layer is not None and not 0 <= layer <= self.config.num_hidden_layers:
+            raise ValueError(f"layer must be in [0, {self.config.num_hidden_layers}], got {layer}.")
         layout = split_into_chunks(self.config, input_values, attention_mask)
-        tokens, all_hidden, all_attentions = self._encode_in_sub_batches(layout, output_hidden_states, output_attentions)
+        tokens, all_hidden, all_attentions = self._encode_in_sub_batches(
+            layout, output_hidden_states, output_attentions, layer
+        )
         last_hidden_state, pooled, embedding_mask, timestamps = pool_chunk_tokens(self.config, tokens, layout, strategy)
         hidden_states = tuple(layout.per_clip(h) for h in all_hidden) if output_hidden_states else None
         attentions = tuple(layout.per_clip(a) for a in all_attentions) if output_attentions else None
@@ -602,7 +621,9 @@ class GramModel(GramPreTrainedModel):
             attentions=attentions,
         )
 
-    def _encode_in_sub_batches(self, layout: "ChunkLayout", output_hidden_states: bool, output_attentions: bool):
+    def _encode_in_sub_batches(
+        self, layout: "ChunkLayout", output_hidden_states: bool, output_attentions: bool, num_layers: int | None = None
+    ):
         """Encodes the layout's real chunks, `config.chunk_batch_size` at a time (only a sub-batch is ever
         gathered); returns float32 tokens `(num_real_chunks, 1 + num_patches, hidden_size)` and the layers."""
         size = max(1, int(self.config.chunk_batch_size))
@@ -612,7 +633,7 @@ class GramModel(GramPreTrainedModel):
         for start in range(0, num, size):
             stop = min(start + size, num)
             out, layer_hidden, layer_attentions = self.encode_chunks(
-                layout.gather(start, stop), None, output_hidden_states, output_attentions
+                layout.gather(start, stop), None, output_hidden_states, output_attentions, num_layers
             )
             if tokens is None:
                 tokens = torch.empty((num,) + tuple(out.shape[1:]), dtype=torch.float32, device=out.device)
@@ -840,6 +861,155 @@ class GramForPreTraining(GramPreTrainedModel):
         )
 
 
+# ------------------------------------------------------------------------------------------------------
+# Task heads
+# ------------------------------------------------------------------------------------------------------
+def angular_error_degrees(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees between direction vectors `(..., 3)` (normalised here), shape `(...)`."""
+    cosine = (F.normalize(predicted.double(), dim=-1) * F.normalize(target.double(), dim=-1)).sum(dim=-1)
+    return torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0))).float()
+
+
+class _GramHeadModel(GramPreTrainedModel):
+    """Shared body of the task heads: the encoder (optionally frozen) and its pooled embedding."""
+
+    def __init__(self, config: GramConfig, num_outputs: int):
+        super().__init__(config)
+        self.config = config
+        self.gram = GramModel(config)
+        size = config.frame_embedding_size if config.pooling_strategy == "raw" else config.hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.head = nn.Linear(size, num_outputs)
+        if config.freeze_encoder:
+            self.freeze_encoder()
+        self.post_init()
+
+    def freeze_encoder(self) -> None:
+        """Train the head only (linear probing): the encoder gets no gradients and runs without them."""
+        for parameter in self.gram.parameters():
+            parameter.requires_grad_(False)
+
+    def _pooled(self, input_values, attention_mask, output_hidden_states):
+        frozen = not any(p.requires_grad for p in self.gram.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            outputs = self.gram(
+                input_values, attention_mask, strategy=self.config.pooling_strategy, output_hidden_states=output_hidden_states
+            )
+        return self.dropout(outputs.pooler_output), outputs
+
+
+class GramForAudioClassification(_GramHeadModel):
+    r"""
+    GRAM with a linear head on the pooled embedding (`config.pooling_strategy`), for single-label,
+    multi-label or regression tasks; the loss follows `config.problem_type` as in `transformers` (inferred
+    from `num_labels` and the labels' dtype when unset). `config.freeze_encoder=True` trains the head only.
+    """
+
+    def __init__(self, config: GramConfig):
+        super().__init__(config, config.num_labels)
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.head
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            input_values, attention_mask: as in [`GramModel`].
+            labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape
+                `(batch_size, num_labels)`, *optional*): class indices (single-label), multi-hot targets
+                (multi-label) or values (regression).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pooled, outputs = self._pooled(input_values, attention_mask, output_hidden_states)
+        logits = self.head(pooled)
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.problem_type is None:
+                if self.config.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1), labels.float().view(logits.squeeze(-1).shape))
+            elif self.config.problem_type == "single_label_classification":
+                loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+            elif self.config.problem_type == "multi_label_classification":
+                loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+            else:
+                raise ValueError(f"Unknown problem_type {self.config.problem_type!r}.")
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+@dataclass
+class GramSoundLocalizationOutput(ModelOutput):
+    r"""
+    Output of [`GramForSoundLocalization`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): mean squared error between the predicted and the
+            true unit direction vectors (as the Nat-HEAR localization tasks regress x, y, z).
+        directions (`torch.FloatTensor` of shape `(batch_size, 3)`): predicted direction of arrival, unit vectors.
+        angular_error (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): degrees between prediction and
+            label, when labels are given.
+        hidden_states: as in [`GramModel`], when asked.
+    """
+
+    loss: torch.FloatTensor | None = None
+    directions: torch.FloatTensor | None = None
+    angular_error: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class GramForSoundLocalization(_GramHeadModel):
+    r"""
+    GRAM with a linear head regressing the direction of arrival as a 3-D unit vector (x, y, z). Labels are
+    direction vectors `(batch_size, 3)` (normalised here); the output reports the angular error in degrees.
+    """
+
+    def __init__(self, config: GramConfig):
+        super().__init__(config, 3)
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> GramSoundLocalizationOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        pooled, outputs = self._pooled(input_values, attention_mask, output_hidden_states)
+        directions = F.normalize(self.head(pooled).float(), dim=-1)
+        loss = angular_error = None
+        if labels is not None:
+            if labels.shape[-1] != 3:
+                raise ValueError(f"Expected direction labels of shape (batch_size, 3), got {tuple(labels.shape)}.")
+            target = F.normalize(labels.to(directions.device).float(), dim=-1)
+            loss = F.mse_loss(directions, target)
+            angular_error = angular_error_degrees(directions.detach(), target)
+        if not return_dict:
+            return tuple(v for v in (loss, directions, angular_error, outputs.hidden_states) if v is not None)
+        return GramSoundLocalizationOutput(
+            loss=loss, directions=directions, angular_error=angular_error, hidden_states=outputs.hidden_states
+        )
+
+
 GramConfig.register_for_auto_class()
 GramModel.register_for_auto_class("AutoModel")
 GramForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+GramForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+# A localization checkpoint is what `AutoModel` gives for its directory (its saved auto_map says so).
+GramForSoundLocalization.register_for_auto_class("AutoModel")

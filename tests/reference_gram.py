@@ -74,12 +74,13 @@ class OriginalGramEncoder(nn.Module):
             x = block(x)
         return self.encoder.ln(x)
 
-    def get_audio_representation(self, x, strategy="mean"):
+    def get_audio_representation(self, x, strategy="mean", until_block=None):
+        """get_audio_representation, or get_audio_representation_from_layer with `until_block`."""
         B = x.shape[0]
         x = x.transpose(2, 3)
         x = self.spectrogram_normalize(x)
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        x = self.pass_through_encoder(x, B)
+        x = self.pass_through_encoder(x, B, until_block)
         if strategy == "mean":
             return x[:, 1:, :].mean(axis=1)
         if strategy == "cls":
@@ -92,14 +93,16 @@ class OriginalGramEncoder(nn.Module):
 
 # --- hear_api/runtime.py: RuntimeGRAMT.encode / get_scene_embeddings ------------------------------------
 @torch.no_grad()
-def original_runtime_encode(model: OriginalGramEncoder, x: torch.Tensor, strategy: str, unit_frames: int = 200):
+def original_runtime_encode(model: OriginalGramEncoder, x: torch.Tensor, strategy: str, unit_frames: int = 200,
+                            until_block=None):
     cur_frames = x.shape[2]
     pad_frames = unit_frames - (cur_frames % unit_frames)  # BUG (kept): a full extra chunk when divisible
     if pad_frames > 0:
         x = torch.nn.functional.pad(x, (0, 0, 0, pad_frames), mode="constant")
     embeddings = []
     for i in range(x.shape[2] // unit_frames):
-        embeddings.append(model.get_audio_representation(x[:, :, i * unit_frames : (i + 1) * unit_frames, :], strategy))
+        chunk = x[:, :, i * unit_frames : (i + 1) * unit_frames, :]
+        embeddings.append(model.get_audio_representation(chunk, strategy, until_block))
     if strategy == "raw":
         out = torch.hstack(embeddings)
         pad_emb_frames = int(embeddings[0].shape[1] * pad_frames / unit_frames)

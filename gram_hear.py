@@ -1,0 +1,126 @@
+"""HEAR API (https://hearbenchmark.com) for GRAM.
+
+    import gram_hear
+    model = gram_hear.load_model("path/to/gram-binaural-time", strategy="raw", layer=12)
+    scene = gram_hear.get_scene_embeddings(audio, model)                   # (n_sounds, scene_embedding_size)
+    steps, timestamps = gram_hear.get_timestamp_embeddings(audio, model)   # (n, T, size), (n, T) in ms
+
+`audio` is `(n_sounds, n_samples)` float32 at 32 kHz (HEAR's layout), or `(n_sounds, channels, n_samples)`
+for multi-channel audio (binaural L/R, FOA W/X/Y/Z), adapted to the model's format like the feature
+extractor does. Validate with the official tool:
+
+    pip install --ignore-requires-python hearvalidator==2021.0.6
+    hear-validator gram_hear --model path/to/gram-binaural-time
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from configuration_gram import GRAM_VARIANTS, POOLING_STRATEGIES  # noqa: E402
+from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
+from modeling_gram import GramModel, GramModelOutput  # noqa: E402
+
+DEFAULT_MODEL = "labhamlet/gramt-binaural-time"
+
+
+class GramHearModel(torch.nn.Module):
+    """A GRAM encoder, its feature extractor and the HEAR settings (strategy, layer)."""
+
+    def __init__(self, model: GramModel, extractor: GramFeatureExtractor, strategy: str, layer: int | None, batch_size: int):
+        super().__init__()
+        if strategy not in POOLING_STRATEGIES:
+            raise ValueError(f"strategy must be one of {POOLING_STRATEGIES}, got {strategy!r}.")
+        if layer is not None and not 0 <= layer <= model.config.num_hidden_layers:
+            raise ValueError(f"layer must be in [0, {model.config.num_hidden_layers}], got {layer}.")
+        self.model = model.eval()
+        self.extractor = extractor
+        self.strategy = strategy
+        self.layer = layer
+        self.batch_size = batch_size
+        config = model.config
+        self.sample_rate = int(extractor.sampling_rate)
+        self.scene_embedding_size = int(config.frame_embedding_size if strategy == "raw" else config.hidden_size)
+        self.timestamp_embedding_size = int(config.frame_embedding_size)
+
+    @torch.no_grad()
+    def embed(self, audio: torch.Tensor) -> GramModelOutput:
+        if not isinstance(audio, torch.Tensor) or audio.ndim not in (2, 3):
+            shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
+            raise ValueError(f"Expected audio (n_sounds, n_samples) or (n_sounds, channels, n_samples), got {shape}.")
+        device = next(self.model.parameters()).device
+        outputs = []
+        for start in range(0, audio.shape[0], self.batch_size):
+            clips = list(audio[start : start + self.batch_size].detach().float().cpu())
+            inputs = self.extractor(clips, sampling_rate=self.sample_rate, return_tensors="pt", device=device)
+            outputs.append(self.model(**inputs, strategy=self.strategy, layer=self.layer))
+        return GramModelOutput(
+            last_hidden_state=torch.cat([o.last_hidden_state for o in outputs]),
+            pooler_output=torch.cat([o.pooler_output for o in outputs]),
+            timestamps=outputs[0].timestamps,
+        )
+
+
+def _resolve(model_file_path: str, variant: str | None) -> str:
+    path = model_file_path or os.environ.get("GRAM_HEAR_MODEL", "") or DEFAULT_MODEL
+    if variant is not None:
+        if variant not in GRAM_VARIANTS:
+            raise ValueError(f"variant must be one of {GRAM_VARIANTS}, got {variant!r}.")
+        for candidate in (os.path.join(path, variant), os.path.join(path, f"gram-{variant}")):
+            if os.path.isdir(candidate):  # a folder holding one directory per variant
+                return candidate
+    return path
+
+
+def load_model(model_file_path: str = "", **kwargs) -> GramHearModel:
+    """Loads a GRAM directory or Hub id (default: $GRAM_HEAR_MODEL, else the binaural time-patching model).
+
+    Keyword arguments (strings work too, as HEAR passes them):
+        strategy: "raw" (default), "mean" or "cls", the scene embedding's pooling.
+        layer: embed from this encoder layer's output (0..num_hidden_layers; default the last).
+        variant: e.g. "ambisonics-frame": picks `<path>/<variant>` or `<path>/gram-<variant>` when `path`
+            holds one directory per variant, and checks the loaded model is that variant.
+        device: "cpu" (default) or "cuda"; batch_size: clips per forward pass (default 8).
+    """
+    unknown = set(kwargs) - {"strategy", "layer", "variant", "device", "batch_size"}
+    if unknown:
+        raise TypeError(f"Unknown load_model arguments: {sorted(unknown)}.")
+    variant = kwargs.get("variant")
+    path = _resolve(model_file_path, variant)
+    model = GramModel.from_pretrained(path)
+    if variant is not None and f"{model.config.audio_format}-{model.config.patching}" != variant:
+        raise ValueError(f"{path} holds a {model.config.audio_format}-{model.config.patching} model, not {variant}.")
+    try:
+        extractor = GramFeatureExtractor.from_pretrained(path)
+    except OSError:  # a directory with weights only: the extractor for the model's format
+        extractor = GramFeatureExtractor(num_channels=model.config.num_channels)
+    layer = kwargs.get("layer")
+    wrapper = GramHearModel(
+        model,
+        extractor,
+        strategy=str(kwargs.get("strategy", "raw")),
+        layer=None if layer in (None, "") else int(layer),
+        batch_size=int(kwargs.get("batch_size", 8)),
+    )
+    return wrapper.to(kwargs.get("device", "cpu"))
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: GramHearModel) -> torch.Tensor:
+    """`(n_sounds, scene_embedding_size)` float32: the clip embedding by the model's strategy."""
+    return model.embed(audio).pooler_output
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: GramHearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(n_sounds, n_steps, timestamp_embedding_size)` float32 time-resolved embeddings and their
+    timestamps `(n_sounds, n_steps)` in ms: evenly spaced from 0 (20 ms time patching, 80 ms frame
+    patching), the time of each step's first frame, never past the end of the audio."""
+    output = model.embed(audio)
+    timestamps = output.timestamps.unsqueeze(0).expand(output.last_hidden_state.shape[0], -1)
+    return output.last_hidden_state, timestamps.contiguous()

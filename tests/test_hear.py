@@ -1,0 +1,93 @@
+"""The HEAR module: the official validator's checks one by one (hearvalidator 2021.0.6 needs TensorFlow, so
+it is not installed by default; README has the command), plus GRAM's own: multi-channel input, batch
+independence, layer and strategy selection against the original."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import relative_error, tiny_config
+from reference_gram import original_features, original_runtime_encode
+
+import gram_hear
+from feature_extraction_gram import GramFeatureExtractor
+from modeling_gram import GramModel
+
+SR = 32000
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    dirs = {}
+    base = tmp_path_factory.mktemp("hear")
+    for variant in ("binaural-time", "ambisonics-frame"):
+        torch.manual_seed(0)
+        directory = base / variant
+        config = tiny_config(variant)
+        GramModel(config).save_pretrained(directory)
+        GramFeatureExtractor(num_channels=config.num_channels).save_pretrained(directory)
+        dirs[variant] = directory
+    return dirs
+
+
+def test_load_model_contract(model_dirs):
+    model = gram_hear.load_model(str(model_dirs["binaural-time"]))
+    assert isinstance(model, torch.nn.Module)
+    for name in ("sample_rate", "scene_embedding_size", "timestamp_embedding_size"):
+        assert isinstance(getattr(model, name), int)
+    assert model.sample_rate in (16000, 22050, 32000, 44100, 48000)
+
+
+@pytest.mark.parametrize("variant", ["binaural-time", "ambisonics-frame"])
+@pytest.mark.parametrize("seconds", [1.07, 1.98, 4.0])
+def test_validator_checks_on_hear_lengths(variant, seconds, model_dirs):
+    model = gram_hear.load_model(str(model_dirs[variant]))
+    audio = torch.rand(2, int(seconds * SR)) * 2 - 1
+    scene = gram_hear.get_scene_embeddings(audio, model)
+    assert scene.dtype == torch.float32 and scene.shape == (2, model.scene_embedding_size)
+    embeddings, timestamps = gram_hear.get_timestamp_embeddings(audio, model)
+    assert embeddings.dtype == torch.float32
+    assert embeddings.shape[0] == 2 and embeddings.shape[2] == model.timestamp_embedding_size
+    assert timestamps.shape == embeddings.shape[:2]
+    steps = np.diff(timestamps.numpy(), axis=1)
+    assert np.all(np.abs(steps - steps.mean()) < 1.0)  # evenly spaced within 1 ms
+    assert timestamps[:, 0].eq(0).all() and timestamps.max().item() <= seconds * 1000
+    assert torch.equal(timestamps[0], timestamps[1])
+
+
+def test_multichannel_input_and_batch_independence(model_dirs):
+    model = gram_hear.load_model(str(model_dirs["ambisonics-frame"]), batch_size=2)
+    foa = torch.rand(3, 4, int(1.5 * SR)) - 0.5
+    together = gram_hear.get_scene_embeddings(foa, model)
+    for i in range(3):
+        alone = gram_hear.get_scene_embeddings(foa[i : i + 1], model)
+        assert relative_error(together[i], alone[0]) < 1e-5
+    binaural = gram_hear.load_model(str(model_dirs["binaural-time"]))
+    stereo = torch.rand(2, 2, SR) - 0.5
+    assert gram_hear.get_timestamp_embeddings(stereo, binaural)[0].shape[:2] == (2, 51)
+
+
+@pytest.mark.parametrize("strategy", ["raw", "mean", "cls"])
+@pytest.mark.parametrize("layer", [0, 1, "2"])
+def test_strategy_and_layer_match_the_original(strategy, layer, model_dirs):
+    from conftest import model_pair
+
+    model, original = model_pair(tiny_config("binaural-time"))
+    model.save_pretrained(model_dirs["binaural-time"].parent / "pair")
+    GramFeatureExtractor().save_pretrained(model_dirs["binaural-time"].parent / "pair")
+    hear_model = gram_hear.load_model(str(model_dirs["binaural-time"].parent / "pair"), strategy=strategy, layer=layer)
+    audio = torch.rand(1, 2, int(2.3 * SR)) - 0.5
+    expected = original_runtime_encode(original, original_features([audio[0]], 2), strategy, until_block=int(layer))
+    assert relative_error(gram_hear.get_scene_embeddings(audio, hear_model)[0], expected.mean(dim=1)[0]) < 1e-4
+
+
+def test_bad_arguments(model_dirs):
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        gram_hear.load_model(str(model_dirs["binaural-time"]), strategy="max")
+    with pytest.raises(ValueError, match="layer must be in"):
+        gram_hear.load_model(str(model_dirs["binaural-time"]), layer=7)
+    with pytest.raises(TypeError, match="Unknown load_model arguments"):
+        gram_hear.load_model(str(model_dirs["binaural-time"]), starategy="raw")
+    with pytest.raises(ValueError, match="not binaural-frame"):
+        gram_hear.load_model(str(model_dirs["binaural-time"]), variant="binaural-frame")
+    picked = gram_hear.load_model(str(model_dirs["binaural-time"].parent), variant="ambisonics-frame")
+    assert picked.model.config.num_channels == 7

@@ -145,13 +145,14 @@ class GramEmbeddings(nn.Module):
         """
         weight = self.patch_embeddings.projection.weight
         patches = self.patch_embeddings(normalized.to(weight.dtype))  # (N, P, D)
-        patches = patches + self.position_embeddings[:, 1:]
+        position = self.position_embeddings.detach()  # fixed table: never trained, whatever requires_grad says
+        patches = patches + position[:, 1:]
         if bool_masked_pos is not None:
             kept = (~bool_masked_pos).sum(dim=1)
             if kept.numel() and not bool(torch.all(kept == kept[0])):
                 raise ValueError("bool_masked_pos must mask the same number of patches in every sample.")
             patches = patches[~bool_masked_pos].reshape(patches.shape[0], -1, patches.shape[-1])
-        cls = (self.cls_token + self.position_embeddings[:, :1]).expand(patches.shape[0], -1, -1)
+        cls = (self.cls_token + position[:, :1]).expand(patches.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, patches], dim=1))
 
 
@@ -355,6 +356,22 @@ class GramPreTrainedModel(PreTrainedModel):
         elif isinstance(module, GramSelfAttention):
             for table in module.relative_position_bias_tables.values():
                 _init_unless_loaded(table, lambda t: nn.init.trunc_normal_(t, std=std))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the fixed tables (and a frozen encoder) made non-trainable
+        again: transformers re-creates every loaded parameter with `requires_grad=True`."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.restore_trainability()
+        return loaded
+
+    def restore_trainability(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (GramEmbeddings, GramDecoder)):
+                module.position_embeddings.requires_grad_(False)
+        if isinstance(self, _GramHeadModel) and self.config.freeze_encoder:
+            self.freeze_encoder()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus the remote-code files, so the directory loads with
@@ -740,7 +757,7 @@ class GramDecoder(nn.Module):
         batch, num_patches = bool_masked_pos.shape
         tokens = self.mask_token.to(visible.dtype).expand(batch, num_patches, -1).clone()
         tokens[~bool_masked_pos] = visible.reshape(-1, visible.shape[-1])
-        hidden = tokens + self.position_embeddings.to(visible.dtype)
+        hidden = tokens + self.position_embeddings.detach().to(visible.dtype)
         for layer in self.layers:
             hidden, _ = layer(hidden)
         return self.prediction(self.layernorm(hidden))

@@ -153,3 +153,19 @@ def test_heads_train_with_hf_trainer(task, tmp_path):
         assert (out.logits.argmax(-1) == labels).float().mean() > 0.9
     else:
         assert out.angular_error.mean() < 30.0
+
+
+def test_fixed_tables_and_frozen_encoder_stay_untrainable_after_loading(tmp_path):
+    from modeling_gram import GramForPreTraining
+
+    GramForPreTraining(tiny_config("binaural-time")).save_pretrained(tmp_path)
+    pretraining = GramForPreTraining.from_pretrained(tmp_path)
+    encoder = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    probe = GramForAudioClassification.from_pretrained(tmp_path, num_labels=2, freeze_encoder=True)
+    assert not pretraining.decoder.position_embeddings.requires_grad
+    assert not pretraining.gram.embeddings.position_embeddings.requires_grad
+    assert not encoder.embeddings.position_embeddings.requires_grad
+    assert not any(p.requires_grad for p in probe.gram.parameters())
+    assert all(p.requires_grad for p in probe.classifier.parameters())
+    trainable = {n for n, p in pretraining.named_parameters() if p.requires_grad}
+    assert "decoder.mask_token" in trainable and not any("position_embeddings" in n for n in trainable)

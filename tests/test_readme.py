@@ -31,7 +31,7 @@ def local_default_model(tmp_path_factory):
 
 def test_readme_snippets_run_and_their_comments_hold(local_default_model):
     snippets = readme_snippets()
-    assert len(snippets) == 2 and all(HUB_ID in s or "extractor(" in s for s in snippets)
+    assert len(snippets) == 3
     namespace = {}
     exec(snippets[0].replace(HUB_ID, local_default_model), namespace)
     assert tuple(namespace["inputs"]["input_values"].shape) == (1, 2, 501, 128)
@@ -40,6 +40,10 @@ def test_readme_snippets_run_and_their_comments_hold(local_default_model):
     assert namespace["output"].timestamps[:3].tolist() == [0.0, 20.0, 40.0]
     exec(snippets[1], namespace)
     assert namespace["output"].embedding_mask.sum(dim=1).tolist() == [51, 151]
+    exec(snippets[2], namespace)  # the classification head, from the same directory
+    classifier = namespace["model"]
+    assert type(classifier).__name__ == "GramForAudioClassification" and classifier.classifier.out_features == 50
+    assert not any(p.requires_grad for p in classifier.gram.parameters())
 
 
 def test_readme_states_the_two_setup_commands_that_ci_runs():

@@ -88,3 +88,28 @@ def test_readme_conversion_commands_run(tmp_path, monkeypatch):
     assert GramConfig.from_pretrained(tmp_path / "gram-binaural-frame").patching == "frame"
     assert GramConfig.from_pretrained(tmp_path / "gram-ambisonics-time").num_channels == 7
     assert [call[0] for call in FakeHubApi.calls] == ["create_repo", "upload_folder"]
+
+
+def test_readme_embedding_command_runs(tmp_path, monkeypatch, local_default_model):
+    """The embedding command, verbatim, in a folder with the paths it names."""
+    import shlex
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    import embed_audio
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        line = re.search(r"```bash\n(python embed_audio.py [^\n]*)\n```", f.read()).group(1)
+    argv = shlex.split(line)
+    assert argv[:2] == ["python", "embed_audio.py"]
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("recordings/day1")
+    os.makedirs("path/to")
+    shutil.copytree(local_default_model, "path/to/gram")
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, (40000, 2)).astype(np.float32)
+    sf.write("recordings/day1/a.flac", noise, 32000)
+    sf.write("extra.wav", noise[:20000], 32000)
+    assert embed_audio.main(argv[2:] + ["--quiet"]) == 0
+    assert os.path.isfile("embeddings/day1/a.flac.npy") and os.path.isfile("embeddings/extra.wav.timestamps.npy")

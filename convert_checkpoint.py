@@ -107,17 +107,20 @@ def load_untrusted_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], str]:
     """Tensors of a checkpoint file, without executing any code from it. Returns (state dict, source kind)."""
     if not os.path.isfile(path):
         raise ConversionError(f"Checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return dict(load_file(path)), "safetensors"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        kind = "pickle (weights_only)"
-    except pickle.UnpicklingError:
-        # Lightning checkpoints also hold hyper-parameters and loop state: materialise only their tensors.
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-        kind = "pickle (restricted loader)"
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return dict(load_file(path)), "safetensors"
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            kind = "pickle (weights_only)"
+        except pickle.UnpicklingError:
+            # Lightning checkpoints also hold hyper-parameters and loop state: materialise only their tensors.
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+            kind = "pickle (restricted loader)"
+    except Exception as error:  # corrupt, truncated or foreign files: say so instead of a traceback
+        raise ConversionError(f"Cannot read {path} as a checkpoint ({type(error).__name__}: {error})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj, kind = obj["state_dict"], kind + ", Lightning checkpoint"
     if not isinstance(obj, dict) or not obj:

@@ -260,3 +260,11 @@ def test_push_to_hub_and_dry_run(tmp_path, monkeypatch, capsys):
         ("upload_folder", "me/gram-ambisonics-time", files, "model"),
     ]
     assert 'from_pretrained("me/gram-ambisonics-time"' in (tmp_path / "real" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name, content", [("garbage.ckpt", b"not a checkpoint at all"), ("bad.safetensors", b"\x00" * 16)])
+def test_unreadable_files_are_clear_errors(name, content, tmp_path, capsys):
+    (tmp_path / name).write_bytes(content)
+    assert main(["--checkpoint", str(tmp_path / name), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "Cannot read" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == [name]

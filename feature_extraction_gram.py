@@ -205,13 +205,14 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
     # Features
     # ----------------------------------------------------------------------------------------------
     def extract(self, audio: torch.Tensor) -> torch.Tensor:
-        """Features of one clip already in the model's channel layout.
+        """Features of audio already in the model's channel layout, one clip or a batch of equal-length clips
+        (the pretraining pipeline extracts a whole batch on its device in one call).
 
         Args:
-            audio (`torch.FloatTensor` of shape `(audio_channels, num_samples)`).
+            audio (`torch.FloatTensor` of shape `(..., audio_channels, num_samples)`).
 
         Returns:
-            `torch.FloatTensor` of shape `(num_channels, num_samples // hop_length + 1, num_mel_bins)`.
+            `torch.FloatTensor` of shape `(..., num_channels, num_samples // hop_length + 1, num_mel_bins)`.
         """
         num_samples = audio.shape[-1]
         if num_samples <= self.n_fft // 2:
@@ -229,28 +230,30 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             # Samples of these frames in the centred (reflect-padded) signal; only the edge blocks need the
             # reflection, so the whole recording is never copied: identical frames, bounded memory.
             low, high = start * self.hop_length - half, (stop - 1) * self.hop_length + half
-            pieces = [audio[:, max(low, 0) : min(high, num_samples)]]
+            pieces = [audio[..., max(low, 0) : min(high, num_samples)]]
             if low < 0:  # reflection of the whole signal's start: x[-low], ..., x[1]
-                pieces.insert(0, audio[:, 1 : 1 - low].flip(-1))
+                pieces.insert(0, audio[..., 1 : 1 - low].flip(-1))
             if high > num_samples:  # and of its end: x[N-2], ..., x[N-1-(high-N)]
-                pieces.append(audio[:, 2 * num_samples - 1 - high : num_samples - 1].flip(-1))
+                pieces.append(audio[..., 2 * num_samples - 1 - high : num_samples - 1].flip(-1))
             segment = torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
             spectrum = torch.stft(
-                segment, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
-            )  # (C, n_fft // 2 + 1, frames)
+                segment.reshape(-1, segment.shape[-1]), self.n_fft, self.hop_length, self.win_length, window,
+                center=False, return_complex=True,
+            )  # (prod(leading dims), n_fft // 2 + 1, frames)
+            spectrum = spectrum.reshape(*segment.shape[:-1], *spectrum.shape[-2:])  # (..., C, freqs, frames)
             blocks.append(self._spectrum_to_features(spectrum, filterbank))
-        return torch.cat(blocks, dim=1)
+        return torch.cat(blocks, dim=-2)
 
     def _spectrum_to_features(self, spectrum: torch.Tensor, filterbank: torch.Tensor) -> torch.Tensor:
-        power = spectrum.real.square() + spectrum.imag.square()  # (C, freqs, frames)
-        log_mel = torch.log(power.transpose(-1, -2) @ filterbank + self.effective_log_offset)  # (C, frames, mels)
+        power = spectrum.real.square() + spectrum.imag.square()  # (..., C, freqs, frames)
+        log_mel = torch.log(power.transpose(-1, -2) @ filterbank + self.effective_log_offset)  # (..., C, frames, mels)
         if self.num_channels != 7:
             return log_mel
-        omni, directional = spectrum[:1], spectrum[1:]
-        intensity = 2.0 * (omni.conj() * directional).real  # (3, freqs, frames)
-        energy = self.intensity_eps + power.sum(dim=0, keepdim=True)
-        intensity_mel = (intensity / energy).transpose(-1, -2) @ filterbank  # (3, frames, mels)
-        return torch.cat([log_mel, intensity_mel], dim=0)
+        omni, directional = spectrum[..., :1, :, :], spectrum[..., 1:, :, :]
+        intensity = 2.0 * (omni.conj() * directional).real  # (..., 3, freqs, frames)
+        energy = self.intensity_eps + power.sum(dim=-3, keepdim=True)
+        intensity_mel = (intensity / energy).transpose(-1, -2) @ filterbank  # (..., 3, frames, mels)
+        return torch.cat([log_mel, intensity_mel], dim=-3)
 
     def _get_buffers(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._device_cache:

@@ -1,0 +1,285 @@
+"""Data sources for pretraining: local folders (wav/flac/ogg/mp3/npy) and Hugging Face `datasets` streaming,
+sharded across DataLoader workers and processes, bad files skipped with a counted warning.
+
+The dataset yields dry material on the CPU (a 10-second source crop, an impulse response, a noise crop and
+its impulse response); `collate_scenes` stacks a batch; the scene itself is mixed on the training device
+by `gram_training.scenes.SceneBuilder`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".npy")
+
+
+class BadAudioError(ValueError):
+    """A file or record that cannot be used as audio."""
+
+
+class SkippedFiles:
+    """Counts unusable inputs and warns about each with the running total (per worker process)."""
+
+    def __init__(self):
+        self.counts: Counter[str] = Counter()
+
+    def skip(self, kind: str, name: str, error: Exception) -> None:
+        self.counts[kind] += 1
+        logger.warning("Skipped %s %s (%s); %d %s input(s) skipped so far in this worker.",
+                       kind, name, error, self.counts[kind], kind)
+
+
+def find_audio_files(folder: str | os.PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Audio files under `folder` (recursively), sorted so every process sees the same order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Not a folder: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise ValueError(f"No audio files ({', '.join(extensions)}) under {root}.")
+    return files
+
+
+def _check_audio(audio: np.ndarray, name: str) -> np.ndarray:
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.size == 0:
+        raise BadAudioError(f"{name}: expected (samples,) or (channels, samples) audio, got shape {audio.shape}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise BadAudioError(f"{name}: expected floating-point samples, got {audio.dtype}")
+    if not np.isfinite(audio).all():
+        raise BadAudioError(f"{name}: contains NaN or Inf")
+    return audio.astype(np.float32, copy=False)
+
+
+def _resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate == to_rate:
+        return audio
+    import torchaudio.functional
+
+    return torchaudio.functional.resample(torch.from_numpy(audio), from_rate, to_rate).numpy()
+
+
+def read_audio(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
+    """`(channels, samples)` float32 at `sampling_rate`. `.npy` files hold `(samples,)` or `(channels,
+    samples)` floats already at `sampling_rate` (impulse responses, typically) and are read without pickle."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return _check_audio(np.load(path, allow_pickle=False), path.name)
+        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except BadAudioError:
+        raise
+    except Exception as error:  # soundfile/numpy raise many types for corrupt files
+        raise BadAudioError(f"{path.name}: unreadable ({type(error).__name__}: {error})") from error
+    return _resample(_check_audio(audio.T, path.name), rate, sampling_rate)
+
+
+def decode_record(value, sampling_rate: int, name: str) -> np.ndarray:
+    """Audio of one `datasets` record: `{"bytes", "path"}` (an `Audio(decode=False)` column) or
+    `{"array", "sampling_rate"}`."""
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        try:
+            audio, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+        except Exception as error:
+            raise BadAudioError(f"{name}: undecodable audio bytes ({error})") from error
+        return _resample(_check_audio(audio.T, name), rate, sampling_rate)
+    if isinstance(value, dict) and value.get("path") is not None:
+        return read_audio(value["path"], sampling_rate)
+    if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
+        audio = _check_audio(np.asarray(value["array"]), name)
+        return _resample(audio, int(value["sampling_rate"]), sampling_rate)
+    raise BadAudioError(f"{name}: expected an audio record (bytes/path or array/sampling_rate), got {type(value).__name__}")
+
+
+def shard_position() -> tuple[int, int]:
+    """`(index, count)` of this reader among all DataLoader workers of all processes."""
+    worker = get_worker_info()
+    worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return rank * num_workers + worker_id, world * num_workers
+
+
+class FolderSource:
+    """Audio files of a local folder, each shard reading its own files, reshuffled every epoch."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.files = find_audio_files(folder)
+
+    def records(self, shard: int, num_shards: int, rng: np.random.Generator, sampling_rate: int, skipped: SkippedFiles):
+        own = self.files[shard::num_shards]
+        if not own:
+            raise ValueError(f"{self.folder} has {len(self.files)} files, fewer than the {num_shards} data shards "
+                             "(processes x DataLoader workers).")
+        while True:
+            usable = 0
+            for index in rng.permutation(len(own)):
+                try:
+                    audio = read_audio(own[index], sampling_rate)
+                except BadAudioError as error:
+                    skipped.skip("audio", str(own[index]), error)
+                    continue
+                usable += 1
+                yield audio
+            if usable == 0:
+                raise ValueError(f"None of this shard's {len(own)} files under {self.folder} is readable audio.")
+
+
+class HubSource:
+    """A Hugging Face `datasets` audio column, streamed. The column is read undecoded and decoded here with
+    soundfile (no torchcodec/FFmpeg needed); each shard gets its part via `split_dataset_by_node`."""
+
+    def __init__(self, path: str, split: str = "train", column: str = "audio", name: str | None = None,
+                 data_files=None, shuffle_buffer: int = 1000):
+        self.path, self.split, self.column, self.name = path, split, column, name
+        self.data_files, self.shuffle_buffer = data_files, shuffle_buffer
+
+    def _dataset(self):
+        import datasets
+
+        dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files, streaming=True)
+        features = dataset.features or {}
+        if self.column in features and isinstance(features[self.column], datasets.Audio):
+            dataset = dataset.cast_column(self.column, datasets.Audio(decode=False))
+        return dataset
+
+    def records(self, shard: int, num_shards: int, rng: np.random.Generator, sampling_rate: int, skipped: SkippedFiles):
+        from datasets.distributed import split_dataset_by_node
+
+        dataset = split_dataset_by_node(self._dataset(), rank=shard, world_size=num_shards)
+        epoch = 0
+        while True:
+            if self.shuffle_buffer > 1:
+                dataset.set_epoch(epoch)
+                stream = dataset.shuffle(seed=int(rng.integers(2**31)), buffer_size=self.shuffle_buffer)
+            else:
+                stream = dataset
+            usable = 0
+            for position, record in enumerate(_iterate_plain(stream)):
+                if self.column not in record:
+                    raise KeyError(f"Column {self.column!r} not in the dataset (columns: {', '.join(record)}).")
+                try:
+                    audio = decode_record(record[self.column], sampling_rate, f"{self.path}[{position}]")
+                except BadAudioError as error:
+                    skipped.skip("audio", f"record {position} of shard {shard}", error)
+                    continue
+                usable += 1
+                yield audio
+            if usable == 0:
+                raise ValueError(f"Shard {shard}/{num_shards} of {self.path} has no readable audio.")
+            epoch += 1
+
+
+def _iterate_plain(dataset):
+    """Records of a streaming dataset without its own DataLoader-worker split (`IterableDataset.iter` does not
+    split; `__iter__` would, inside a worker, and our shards already account for workers)."""
+    for batch in dataset.iter(batch_size=1):
+        yield {key: values[0] for key, values in batch.items()}
+
+
+def _crop_or_pad(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A random `length`-sample window of `(C, S)` audio, zero-padded at the end when shorter."""
+    if audio.shape[-1] > length:
+        start = int(rng.integers(0, audio.shape[-1] - length + 1))
+        return audio[..., start : start + length]
+    return np.pad(audio, ((0, 0), (0, length - audio.shape[-1])))
+
+
+class ImpulseResponseBank:
+    """Multi-channel impulse responses of a folder (`(channels, taps)` .npy, or multi-channel wav/flac),
+    read on first use and kept; files with the wrong channel count are skipped with a warning."""
+
+    def __init__(self, folder: str | os.PathLike, channels: int, sampling_rate: int):
+        self.folder, self.channels, self.sampling_rate = Path(folder), channels, sampling_rate
+        self.files = find_audio_files(folder)
+        self._cache: dict[int, np.ndarray | None] = {}
+
+    def draw(self, rng: np.random.Generator, skipped: SkippedFiles) -> np.ndarray:
+        for _ in range(100 * len(self.files)):
+            index = int(rng.integers(len(self.files)))
+            if index not in self._cache:
+                try:
+                    rir = read_audio(self.files[index], self.sampling_rate)
+                    if rir.shape[0] != self.channels:
+                        raise BadAudioError(f"expected {self.channels} channels, got {rir.shape[0]}")
+                    self._cache[index] = rir
+                except BadAudioError as error:
+                    skipped.skip("impulse response", str(self.files[index]), error)
+                    self._cache[index] = None
+            if self._cache[index] is not None:
+                return self._cache[index]
+        raise ValueError(f"No usable {self.channels}-channel impulse response under {self.folder}.")
+
+
+class SceneDataset(IterableDataset):
+    """Endless stream of dry scene material, one dict per clip:
+
+    - `source` `(clip_samples,)`: a random window of a source clip (mixed to mono),
+    - `rir` `(channels, taps)`: a random impulse response,
+    - `noise` `(clip_samples,)` and `noise_rir` `(channels, taps)` when a noise folder is given.
+
+    Each DataLoader worker of each process reads its own shard of the sources (`shard_position`), with its
+    own random stream, so no clip is read twice per epoch across the job.
+    """
+
+    def __init__(self, source, rir_folder, channels: int, noise_folder=None, noise_rir_folder=None,
+                 sampling_rate: int = 32000, clip_seconds: float = 10.0, seed: int = 0):
+        if channels not in (1, 2, 4):
+            raise ValueError(f"channels must be 1, 2 or 4, got {channels}.")
+        self.source = FolderSource(source) if isinstance(source, (str, os.PathLike)) else source
+        self.rirs = ImpulseResponseBank(rir_folder, channels, sampling_rate)
+        self.noises = FolderSource(noise_folder) if noise_folder is not None else None
+        self.noise_rirs = (ImpulseResponseBank(noise_rir_folder, channels, sampling_rate)
+                           if noise_rir_folder is not None else self.rirs)
+        self.sampling_rate, self.seed = sampling_rate, seed
+        self.clip_samples = int(round(clip_seconds * sampling_rate))
+        self.skipped = SkippedFiles()
+
+    def __iter__(self):
+        shard, num_shards = shard_position()
+        rng = np.random.default_rng([self.seed, shard])
+        sources = self.source.records(shard, num_shards, rng, self.sampling_rate, self.skipped)
+        noises = None
+        if self.noises is not None:  # noise files are shared by all shards: a different random order in each
+            noises = self.noises.records(0, 1, np.random.default_rng([self.seed, shard, 1]), self.sampling_rate,
+                                         self.skipped)
+        for audio in sources:
+            example = {
+                "source": torch.from_numpy(_crop_or_pad(audio.mean(axis=0, keepdims=True), self.clip_samples, rng)[0]),
+                "rir": torch.from_numpy(self.rirs.draw(rng, self.skipped)),
+            }
+            if noises is not None:
+                noise = next(noises).mean(axis=0, keepdims=True)
+                example["noise"] = torch.from_numpy(_crop_or_pad(noise, self.clip_samples, rng)[0])
+                example["noise_rir"] = torch.from_numpy(self.noise_rirs.draw(rng, self.skipped))
+            yield example
+
+
+def collate_scenes(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack a batch; impulse responses are zero-padded to the longest of the batch."""
+    if not examples:
+        raise ValueError("Empty batch.")
+    batch = {}
+    for key in examples[0]:
+        tensors = [example[key] for example in examples]
+        if key.endswith("rir"):
+            taps = max(t.shape[-1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, taps - t.shape[-1])) for t in tensors]
+        batch[key] = torch.stack(tensors)
+    return batch

@@ -1,0 +1,127 @@
+"""Naturalistic spatial scenes, built batch-wise on the training device.
+
+One call turns a batch of dry mono sources, multi-channel room impulse responses and noise clips into the
+log-mel (+ intensity vector) crops GRAM pretrains on; every step is a batched tensor operation (FFT
+convolution, mixing, normalisation, STFT), so it runs on the GPU when the model does:
+
+    source (B, S) * RIR (B, C, L)  +  g * noise (B, S) * noise RIR (B, C, L')     FFT convolution
+    g from an SNR drawn per scene and measured over all channels jointly         keeps ITD and ILD
+    optional clean scenes (no noise), RMS normalisation over all channels        keeps ILD
+    features (B, F, frames, mels) in float32                                     GramFeatureExtractor.extract
+    K random 2-second crops per scene                                          -> (B * K, F, 200, mels)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from feature_extraction_gram import GramFeatureExtractor
+
+
+@dataclass
+class SceneConfig:
+    """How scenes are mixed and cropped (defaults: the published GRAM recipe)."""
+
+    sampling_rate: int = 32000
+    clip_seconds: float = 10.0
+    snr_db_min: float = 5.0
+    snr_db_max: float = 40.0
+    clean_ratio: float = 0.0
+    target_rms: float = 0.1
+    crops_per_clip: int = 16
+    crop_frames: int = 200
+
+    def __post_init__(self):
+        if not self.snr_db_min <= self.snr_db_max:
+            raise ValueError(f"snr_db_min ({self.snr_db_min}) must not exceed snr_db_max ({self.snr_db_max}).")
+        if not 0.0 <= self.clean_ratio <= 1.0:
+            raise ValueError(f"clean_ratio must lie in [0, 1], got {self.clean_ratio}.")
+        if self.crops_per_clip < 1 or self.crop_frames < 1 or self.clip_seconds <= 0 or self.target_rms <= 0:
+            raise ValueError("crops_per_clip, crop_frames, clip_seconds and target_rms must be positive.")
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sampling_rate))
+
+
+def fft_convolve(signal: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
+    """Convolve mono signals `(B, S)` with multi-channel impulse responses `(B, C, L)`; returns the first `S`
+    samples of the full convolution, `(B, C, S)`, computed in float32 whatever the input dtype."""
+    if signal.ndim != 2 or rir.ndim != 3 or signal.shape[0] != rir.shape[0]:
+        raise ValueError(f"Expected signal (B, S) and rir (B, C, L), got {tuple(signal.shape)} and {tuple(rir.shape)}.")
+    num_samples = signal.shape[-1]
+    size = num_samples + rir.shape[-1] - 1
+    size = 1 << (size - 1).bit_length()  # power of two: fast on every backend
+    spectrum = torch.fft.rfft(signal.float(), n=size).unsqueeze(1) * torch.fft.rfft(rir.float(), n=size)
+    return torch.fft.irfft(spectrum, n=size)[..., :num_samples]
+
+
+def _power(audio: torch.Tensor) -> torch.Tensor:
+    """Mean power over channels and samples, `(B, C, S)` -> `(B, 1, 1)`."""
+    return audio.square().mean(dim=(-2, -1), keepdim=True)
+
+
+class SceneBuilder:
+    """Builds pretraining inputs from a collated batch (see `gram_training.data.collate_scenes`)."""
+
+    def __init__(self, feature_extractor: GramFeatureExtractor, config: SceneConfig | None = None):
+        self.feature_extractor = feature_extractor
+        self.config = config or SceneConfig(sampling_rate=feature_extractor.sampling_rate)
+        if self.config.sampling_rate != feature_extractor.sampling_rate:
+            raise ValueError(
+                f"Scene sampling rate {self.config.sampling_rate} differs from the feature extractor's "
+                f"{feature_extractor.sampling_rate}."
+            )
+
+    def mix(
+        self,
+        source: torch.Tensor,
+        rir: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        noise_rir: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        snr_db: torch.Tensor | None = None,
+        clean: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Spatial scenes `(B, C, S)`: the spatialised source plus spatialised noise at a random SNR (or the
+        given `snr_db (B,)`; `clean (B,)` True drops the noise), normalised to `target_rms` over all channels."""
+        config = self.config
+        scene = fft_convolve(source, rir)
+        batch, device = scene.shape[0], scene.device
+        if noise is not None:
+            if noise_rir is None:
+                raise ValueError("noise needs its impulse responses (noise_rir).")
+            noise_image = fft_convolve(noise, noise_rir)
+            if snr_db is None:
+                uniform = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu")
+                snr_db = config.snr_db_min + (config.snr_db_max - config.snr_db_min) * uniform.to(device)
+            if clean is None:
+                draw = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu")
+                clean = draw.to(device) < config.clean_ratio
+            # One gain per scene over all channels, so the noise keeps its own inter-channel cues.
+            gain = torch.sqrt(_power(scene) / (_power(noise_image).clamp_min(1e-12) * 10.0 ** (snr_db.view(-1, 1, 1) / 10)))
+            scene = scene + torch.where(clean.view(-1, 1, 1), 0.0, gain) * noise_image
+        rms = _power(scene).sqrt().clamp_min(1e-8)
+        return scene * (config.target_rms / rms)
+
+    def random_crops(self, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`crops_per_clip` random `crop_frames`-frame crops of each clip: `(B, F, T, M)` -> `(B * K, F, crop, M)`."""
+        batch, channels, frames, mels = features.shape
+        crop, count = self.config.crop_frames, self.config.crops_per_clip
+        if frames < crop:
+            raise ValueError(f"Clips give {frames} frames, fewer than the crop of {crop}.")
+        cpu = generator.device if generator is not None else "cpu"
+        starts = torch.randint(0, frames - crop + 1, (batch, count), generator=generator, device=cpu).to(features.device)
+        index = starts.unsqueeze(-1) + torch.arange(crop, device=features.device)  # (B, K, crop)
+        index = index.view(batch, 1, count * crop, 1).expand(batch, channels, count * crop, mels)
+        crops = features.gather(2, index).view(batch, channels, count, crop, mels)
+        return crops.transpose(1, 2).reshape(batch * count, channels, crop, mels)
+
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Model inputs `(B * crops_per_clip, F, crop_frames, mels)` float32 from a collated batch."""
+        scene = self.mix(batch["source"], batch["rir"], batch.get("noise"), batch.get("noise_rir"), generator)
+        with torch.autocast(scene.device.type, enabled=False):  # features in float32 even under bf16 training
+            features = self.feature_extractor.extract(scene.float())
+        return self.random_crops(features, generator)

@@ -531,6 +531,9 @@ class GramModel(GramPreTrainedModel):
     ```
     """
 
+    # A pretraining checkpoint also holds the MW-MAE decoder, which the encoder alone does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
     def __init__(self, config: GramConfig):
         super().__init__(config)
         self.config = config

@@ -253,6 +253,7 @@ class SceneDataset(IterableDataset):
 
     def __iter__(self):
         shard, num_shards = shard_position()
+        logger.info("Reading source shard %d of %d.", shard, num_shards)
         rng = np.random.default_rng([self.seed, shard])
         sources = self.source.records(shard, num_shards, rng, self.sampling_rate, self.skipped)
         noises = None

@@ -154,7 +154,8 @@ def load_kemar(sampling_rate: int = 32000) -> HrirSet:
 def binaural_rir(spec: RoomSpec, sampling_rate: int = 32000, hrirs: HrirSet | None = None) -> np.ndarray:
     """Binaural RIR `(2, length)` float32 (left, right): every image source of the room contributes the
     KEMAR HRIR of its direction, delayed by its distance (rounded to a sample) and attenuated by its wall
-    reflections and 1 / (4 pi distance) spreading, as pyroomacoustics' own image-source model does."""
+    reflections and 1 / distance spreading, as pyroomacoustics' own image-source model does (it leaves out
+    the constant 1 / (4 pi))."""
     hrirs = hrirs or load_kemar(sampling_rate)
     import pyroomacoustics as pra
 
@@ -164,7 +165,7 @@ def binaural_rir(spec: RoomSpec, sampling_rate: int = 32000, hrirs: HrirSet | No
     source = room.sources[0]
     offsets = np.asarray(source.images).T - np.asarray(spec.listener)  # (k, 3)
     distance = np.linalg.norm(offsets, axis=1)
-    gain = np.asarray(source.damping).reshape(-1, len(distance)).mean(axis=0) / (4.0 * np.pi * distance)
+    gain = np.asarray(source.damping).reshape(-1, len(distance)).mean(axis=0) / distance
     delay = np.round(distance / SPEED_OF_SOUND * sampling_rate).astype(int)
     nearest = hrirs.nearest(offsets / distance[:, None])
     taps = hrirs.hrirs.shape[-1]

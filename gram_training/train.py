@@ -111,7 +111,7 @@ class GramPretrainer(Trainer):
         args, workers = self.args, self.args.dataloader_num_workers
         return DataLoader(
             self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
-            num_workers=workers, pin_memory=args.dataloader_pin_memory,
+            num_workers=workers, pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
             persistent_workers=args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
         )

@@ -1,0 +1,170 @@
+"""Pretraining data sources: reading, bad-file skipping, and sharding over workers and processes."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from torch.utils.data import DataLoader
+
+from gram_training import data
+from gram_training.data import (BadAudioError, FolderSource, HubSource, SceneDataset, SkippedFiles, collate_scenes,
+                                find_audio_files, read_audio)
+
+
+def _write_tagged_sources(folder, count, seconds=0.5, rate=32000):
+    """Files whose constant value tags them: file i holds (i + 1) / 100 everywhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        soundfile.write(folder / f"clip{i:02d}.wav", np.full(int(seconds * rate), (i + 1) / 100, np.float32), rate,
+                        subtype="FLOAT")
+    return folder
+
+
+def _write_rirs(folder, count=3, channels=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        rir = np.zeros((channels, 64), np.float32)
+        rir[:, i] = 1.0
+        np.save(folder / f"rir{i}.npy", rir)
+    return folder
+
+
+def _tag(example):
+    return int(round(float(example["source"].max()) * 100)) - 1
+
+
+def test_read_audio_formats_and_resampling(tmp_path):
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
+    soundfile.write(tmp_path / "a.flac", np.stack([tone, tone]).T, 16000)
+    np.save(tmp_path / "b.npy", np.stack([tone, -tone]))
+    flac = read_audio(tmp_path / "a.flac", 32000)
+    assert flac.shape == (2, 32000)
+    # Resampled 440 Hz tone: its spectrum peaks at 440 Hz at the new rate.
+    spectrum = np.abs(np.fft.rfft(flac[0]))
+    assert abs(np.argmax(spectrum) * 32000 / 32000 - 440) <= 1
+    assert np.array_equal(read_audio(tmp_path / "b.npy", 32000), np.stack([tone, -tone]))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("broken.wav", b"RIFF....WAVEfmt garbage", "unreadable"),
+    ("object.npy", None, "unreadable"),
+    ("nan.npy", np.array([0.0, np.nan], np.float32), "NaN"),
+    ("ints.npy", np.array([1, 2, 3], np.int64), "floating-point"),
+    ("cube.npy", np.zeros((2, 2, 2), np.float32), "shape"),
+])
+def test_bad_files_raise_bad_audio_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    if name == "object.npy":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # must not be unpickled
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    with pytest.raises(BadAudioError, match=message):
+        read_audio(path, 32000)
+
+
+def test_find_audio_files_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        find_audio_files(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="No audio files"):
+        find_audio_files(tmp_path)
+
+
+def test_bad_files_are_skipped_with_a_counted_warning(tmp_path, caplog):
+    sources = _write_tagged_sources(tmp_path / "sources", 3)
+    (sources / "corrupt.wav").write_bytes(b"not audio at all")
+    rirs = _write_rirs(tmp_path / "rirs")
+    np.save(rirs / "mono.npy", np.ones((1, 8), np.float32))  # wrong channel count for binaural
+    dataset = SceneDataset(sources, rirs, channels=2, clip_seconds=1.0)
+    with caplog.at_level(logging.WARNING, logger="gram_training.data"):
+        examples = [example for _, example in zip(range(12), dataset)]
+    assert sorted({_tag(e) for e in examples}) == [0, 1, 2]
+    assert all(e["source"].shape == (32000,) and e["rir"].shape == (2, 64) for e in examples)
+    assert dataset.skipped.counts["audio"] >= 1 and "corrupt.wav" in caplog.text and "skipped so far" in caplog.text
+
+
+def test_unusable_folders_stop_with_a_clear_error(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "a.wav").write_bytes(b"junk")
+    rirs = _write_rirs(tmp_path / "rirs")
+    with pytest.raises(ValueError, match="None of this shard"):
+        next(iter(SceneDataset(sources, rirs, channels=2)))
+    good = _write_tagged_sources(tmp_path / "good", 2)
+    with pytest.raises(ValueError, match="No usable 4-channel impulse response"):
+        next(iter(SceneDataset(good, rirs, channels=4)))
+
+
+def test_workers_and_processes_read_disjoint_shards_covering_all_files(tmp_path, monkeypatch):
+    sources = _write_tagged_sources(tmp_path / "sources", 12)
+    rirs = _write_rirs(tmp_path / "rirs")
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        loader = DataLoader(SceneDataset(sources, rirs, channels=2, clip_seconds=0.25), batch_size=1,
+                            num_workers=2, collate_fn=collate_scenes)
+        # Workers alternate batches: the first 6 are 3 from each worker's shard of 3 files.
+        tags = [_tag({"source": batch["source"][0]}) for _, batch in zip(range(6), loader)]
+        assert len(set(tags)) == 6
+        seen.append(set(tags))
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(12))
+
+
+def test_more_shards_than_files_is_a_clear_error(tmp_path, monkeypatch):
+    sources = _write_tagged_sources(tmp_path / "sources", 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="fewer than the 2 data shards"):
+        next(iter(SceneDataset(sources, _write_rirs(tmp_path / "rirs"), channels=2)))
+
+
+def test_noise_and_collation(tmp_path):
+    sources = _write_tagged_sources(tmp_path / "sources", 2, seconds=1.5)
+    noise = _write_tagged_sources(tmp_path / "noise", 2, seconds=0.3)
+    rirs = _write_rirs(tmp_path / "rirs")
+    np.save(rirs / "long.npy", np.ones((2, 100), np.float32))
+    dataset = SceneDataset(sources, rirs, channels=2, noise_folder=noise, clip_seconds=1.0)
+    batch = collate_scenes([example for _, example in zip(range(8), dataset)])
+    assert batch["source"].shape == (8, 32000) and batch["noise"].shape == (8, 32000)
+    assert batch["rir"].shape[-1] == 100 and batch["noise_rir"].shape[-1] == 100
+    # Sources longer than a clip are cropped, shorter noise is zero-padded at its end.
+    assert torch.all(batch["source"] > 0) and torch.all(batch["noise"][:, -100:] == 0)
+
+
+def _wav_bytes(value, seconds=0.25, rate=32000):
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.full(int(seconds * rate), value, np.float32), rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def test_hub_streaming_source_shards_and_skips(tmp_path, monkeypatch, caplog):
+    datasets = pytest.importorskip("datasets")
+    files = []
+    for part in range(4):  # 4 parquet shards of 3 records each: record i holds (i + 1) / 100
+        records = {"audio": [{"bytes": _wav_bytes((part * 3 + j + 1) / 100), "path": None} for j in range(3)]}
+        if part == 3:
+            records["audio"][2] = {"bytes": b"garbage", "path": None}
+        table = datasets.Dataset.from_dict(records).cast_column("audio", datasets.Audio(decode=False))
+        files.append(str(tmp_path / f"part{part}.parquet"))
+        table.to_parquet(files[-1])
+    source = HubSource("parquet", data_files=files, shuffle_buffer=1)
+    skipped, seen = SkippedFiles(), []
+    with caplog.at_level(logging.WARNING, logger="gram_training.data"):
+        for shard in range(4):
+            records = source.records(shard, 4, np.random.default_rng(0), 32000, skipped)
+            count = 2 if shard == 3 else 3
+            tags = {int(round(float(next(records).max()) * 100)) - 1 for _ in range(count)}
+            assert len(tags) == count
+            seen.append(tags)
+    assert set().union(*seen) == set(range(11)) and sum(map(len, seen)) == 11
+    assert skipped.counts["audio"] == 0 or "garbage" not in caplog.text
+    # The garbage record is skipped (with a warning) when shard 3 wraps around to its next epoch.
+    records = source.records(3, 4, np.random.default_rng(0), 32000, skipped)
+    [next(records) for _ in range(3)]
+    assert skipped.counts["audio"] >= 1 and "undecodable" in caplog.text

@@ -1,0 +1,119 @@
+"""The pretraining entry point end to end on a tiny config: loss falls, checkpoints resume exactly, two
+processes (torchrun, gloo) share the data, converted original checkpoints go on pretraining."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from gram_training import simulate
+from gram_training.train import main
+
+
+@pytest.fixture(scope="module")
+def offline_data(tmp_path_factory):
+    return simulate.write_pretraining_data(tmp_path_factory.mktemp("offline") / "binaural", "binaural", num_rirs=3,
+                                           with_speech=False)
+
+
+def _data_args(data):
+    return ["--audio_dir", str(data / "sources"), "--rir_dir", str(data / "rirs"), "--noise_dir", str(data / "noise"),
+            "--noise_rir_dir", str(data / "noise_rirs")]
+
+
+def _small_run(output_dir, steps, extra=()):
+    return ["--output_dir", str(output_dir), "--model_size", "tiny", "--max_steps", str(steps),
+            "--per_device_train_batch_size", "2", "--crops_per_clip", "4", "--clip_seconds", "4",
+            "--learning_rate", "1e-3", "--warmup_steps", "2", "--logging_steps", "1", "--seed", "0",
+            "--save_strategy", "steps", "--save_steps", str(max(steps // 2, 1)), *extra]
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+
+
+def test_command_line_pretraining_lowers_the_loss_and_saves_an_automodel(offline_data, tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "gram_training.train", *_data_args(offline_data), *_small_run(output, 50)]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    history = json.load(open(output / "checkpoint-50" / "trainer_state.json"))["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) == 50
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.75 * first, losses
+
+    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+
+    encoder = AutoModel.from_pretrained(output, trust_remote_code=True)
+    pretraining = AutoModelForPreTraining.from_pretrained(output, trust_remote_code=True)
+    assert type(encoder).__name__ == "GramModel" and type(pretraining).__name__ == "GramForPreTraining"
+    saved = load_file(output / "model.safetensors")
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor, saved[f"gram.{name}"]), name
+    extractor = AutoFeatureExtractor.from_pretrained(output, trust_remote_code=True)
+    features = extractor(torch.randn(2, 48000).numpy(), sampling_rate=32000, return_tensors="pt")
+    assert torch.isfinite(encoder(**features).pooler_output).all()
+
+
+def test_resuming_a_checkpoint_reproduces_the_uninterrupted_run(offline_data, tmp_path):
+    main([*_data_args(offline_data), *_small_run(tmp_path / "straight", 6)])
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(tmp_path / "straight" / "checkpoint-3", resumed / "checkpoint-3")
+    main([*_data_args(offline_data), *_small_run(resumed, 6), "--resume_from_checkpoint", "latest"])
+    straight, again = load_file(tmp_path / "straight" / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in straight:
+        torch.testing.assert_close(again[name], straight[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        main([*_data_args(offline_data), *_small_run(tmp_path / "empty", 2), "--resume_from_checkpoint", "latest"])
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_processes_on_cpu(offline_data, tmp_path):
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "gram_training.train", *_data_args(offline_data), *_small_run(output, 3),
+               "--ddp_backend", "gloo"]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Reading source shard 0 of 2." in result.stderr and "Reading source shard 1 of 2." in result.stderr
+    state = json.load(open(output / "checkpoint-3" / "trainer_state.json"))
+    assert state["global_step"] == 3
+    assert (output / "model.safetensors").is_file()
+
+
+def test_converted_original_checkpoint_goes_on_pretraining(offline_data, tmp_path):
+    from convert_checkpoint import main as convert
+    from test_convert_checkpoint import HEADS, make_original, save_lightning_checkpoint
+
+    checkpoint = tmp_path / "step=325000.ckpt"
+    save_lightning_checkpoint(make_original("binaural-time"), checkpoint)
+    converted = tmp_path / "converted"
+    assert convert(["--checkpoint", str(checkpoint), "--output-dir", str(converted), *HEADS]) == 0
+    start = load_file(converted / "model.safetensors")
+
+    # Learning rate 0: the whole pipeline runs on the converted weights and leaves them untouched.
+    frozen = tmp_path / "frozen"
+    main([*_data_args(offline_data), *_small_run(frozen, 2), "--init_from", str(converted), "--learning_rate", "0"])
+    for name, tensor in load_file(frozen / "model.safetensors").items():
+        assert torch.equal(tensor, start[name]), name
+
+    trained = tmp_path / "trained"
+    trainer = main([*_data_args(offline_data), *_small_run(trained, 3), "--init_from", str(converted)])
+    after = load_file(trained / "model.safetensors")
+    assert not torch.equal(after["decoder.prediction.weight"], start["decoder.prediction.weight"])
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)

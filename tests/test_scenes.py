@@ -1,0 +1,103 @@
+"""The on-device scene builder against independent numpy/scipy/torchaudio computations."""
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+import torchaudio
+
+from conftest import relative_error
+from feature_extraction_gram import GramFeatureExtractor
+from gram_training.scenes import SceneBuilder, SceneConfig, fft_convolve
+
+
+def _scene_batch(batch=3, channels=2, seconds=2.5, taps=3000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    samples = int(seconds * 32000)
+    decay = torch.exp(-torch.arange(taps) / 800.0)
+    return {
+        "source": torch.randn(batch, samples, generator=generator),
+        "rir": torch.randn(batch, channels, taps, generator=generator) * decay,
+        "noise": torch.randn(batch, samples, generator=generator),
+        "noise_rir": torch.randn(batch, channels, taps // 2, generator=generator) * decay[: taps // 2],
+    }
+
+
+def test_fft_convolution_matches_scipy():
+    batch = _scene_batch()
+    result = fft_convolve(batch["source"], batch["rir"])
+    for b in range(3):
+        for c in range(2):
+            expected = scipy.signal.fftconvolve(batch["source"][b].double().numpy(), batch["rir"][b, c].double().numpy())
+            assert relative_error(result[b, c], torch.from_numpy(expected[: result.shape[-1]])) < 1e-5
+
+
+def test_mix_sets_the_snr_over_all_channels_and_the_rms():
+    batch = _scene_batch()
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(target_rms=0.05))
+    snr = torch.tensor([0.0, 10.0, 25.0])
+    clean = torch.tensor([False, False, True])
+    scene = builder.mix(batch["source"], batch["rir"], batch["noise"], batch["noise_rir"], snr_db=snr, clean=clean)
+
+    source = np.stack([[scipy.signal.fftconvolve(batch["source"][b].double(), batch["rir"][b, c].double())[:80000]
+                        for c in range(2)] for b in range(3)])
+    noise = np.stack([[scipy.signal.fftconvolve(batch["noise"][b].double(), batch["noise_rir"][b, c].double())[:80000]
+                       for c in range(2)] for b in range(3)])
+    scene = scene.double().numpy()
+    for b in range(3):
+        assert np.sqrt(np.mean(scene[b] ** 2)) == pytest.approx(0.05, rel=1e-4)
+        # The scene is a * source + a * g * noise: recover both gains by least squares.
+        design = np.stack([source[b].ravel(), noise[b].ravel()], axis=1)
+        (a, ag), *_ = np.linalg.lstsq(design, scene[b].ravel(), rcond=None)
+        if clean[b]:
+            assert abs(ag) < 1e-6 * abs(a)
+        else:
+            measured = 10 * np.log10(np.mean((a * source[b]) ** 2) / np.mean((ag * noise[b]) ** 2))
+            assert measured == pytest.approx(float(snr[b]), abs=1e-3)
+
+
+def test_random_snr_and_clean_ratio_are_drawn_per_scene():
+    batch = _scene_batch(batch=64, seconds=0.1, taps=64)
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(clean_ratio=1.0))
+    clean = builder.mix(batch["source"], batch["rir"], batch["noise"], batch["noise_rir"])
+    dry = builder.mix(batch["source"], batch["rir"])
+    assert relative_error(clean, dry) < 1e-6
+    with pytest.raises(ValueError, match="clean_ratio"):
+        SceneConfig(clean_ratio=1.5)
+    with pytest.raises(ValueError, match="noise_rir"):
+        builder.mix(batch["source"], batch["rir"], batch["noise"])
+
+
+@pytest.mark.parametrize("num_channels,audio_channels", [(2, 2), (7, 4), (1, 1)])
+def test_batched_features_match_torchaudio_per_clip(num_channels, audio_channels):
+    extractor = GramFeatureExtractor(num_channels=num_channels)
+    audio = torch.randn(3, audio_channels, 24000, generator=torch.Generator().manual_seed(1))
+    batched = extractor.extract(audio)
+    mel = torchaudio.transforms.MelSpectrogram(32000, n_fft=1024, win_length=1024, hop_length=320, f_min=50.0,
+                                               n_mels=128, power=2.0)
+    for b in range(3):
+        log_mel = torch.log(mel(audio[b]) + extractor.effective_log_offset).transpose(-1, -2)
+        assert relative_error(batched[b, :audio_channels], log_mel) < 1e-5
+        assert relative_error(batched[b], extractor.extract(audio[b])) < 1e-6
+
+
+def test_crops_are_windows_of_each_clip():
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(crops_per_clip=5, crop_frames=200))
+    features = torch.randn(2, 2, 1001, 128)
+    crops = builder.random_crops(features, torch.Generator().manual_seed(0))
+    assert crops.shape == (10, 2, 200, 128)
+    for index in range(10):
+        clip = features[index // 5]
+        starts = [s for s in range(1001 - 199) if torch.equal(clip[:, s : s + 200], crops[index])]
+        assert len(starts) == 1
+    with pytest.raises(ValueError, match="fewer than the crop"):
+        builder.random_crops(torch.randn(1, 2, 150, 128))
+
+
+@pytest.mark.parametrize("num_channels,audio_channels", [(2, 2), (7, 4)])
+def test_builder_gives_model_inputs(num_channels, audio_channels):
+    batch = _scene_batch(batch=2, channels=audio_channels, seconds=10.0)
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=num_channels))
+    inputs = builder(batch, torch.Generator().manual_seed(0))
+    assert inputs.shape == (32, num_channels, 200, 128) and inputs.dtype == torch.float32
+    assert torch.isfinite(inputs).all()

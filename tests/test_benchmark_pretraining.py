@@ -1,0 +1,34 @@
+"""The pretraining benchmark's FLOP count against torch's own FLOP counter, and a smoke run (no timings are
+asserted: speed is reported by the benchmark, not tested)."""
+
+import os
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import ROOT, tiny_config
+from modeling_gram import GramForPreTraining
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import benchmark_pretraining  # noqa: E402
+
+
+def test_analytic_flops_match_torch_flop_counter():
+    for variant in ("binaural-time", "ambisonics-frame"):
+        config = tiny_config(variant, decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_intermediate_size=64)
+        config._attn_implementation = "eager"  # the counter sees eager attention's matmuls, not SDPA kernels
+        model = GramForPreTraining(config).eval()
+        inputs = torch.randn(3, config.num_channels, 200, 128)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(inputs)
+        expected = benchmark_pretraining.pretraining_flops_per_sample(config) / 3  # forward only, per sample
+        assert abs(counter.get_total_flops() / 3 - expected) / expected < 0.02
+
+
+def test_benchmark_runs_and_reports(tmp_path):
+    report = benchmark_pretraining.main(["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--scenes", "1",
+                                         "--crops", "2", "--json", str(tmp_path / "out.json")])
+    (run,) = report["runs"]
+    assert run["samples_per_step"] == 2 and run["steps_per_s"] > 0 and "share_of_fp32_matmul_rate" in run
+    assert (tmp_path / "out.json").is_file()

@@ -58,7 +58,7 @@ def export_onnx(model: GramModel, output_dir: str, opset: int = 18, check: bool 
     staging = tempfile.mkdtemp(prefix=".gram-onnx-", dir=parent)
     try:
         torch.onnx.export(
-            GramChunkEncoder(model),
+            GramChunkEncoder(model).eval(),
             (example,),
             os.path.join(staging, ONNX_FILE),
             input_names=[INPUT_NAME],

@@ -124,3 +124,15 @@ def test_converted_original_checkpoint_goes_on_pretraining(offline_data, tmp_pat
     after = load_file(trained / "model.safetensors")
     assert not torch.equal(after["decoder.prediction.weight"], start["decoder.prediction.weight"])
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--hf_dataset", "parquet"], "exactly one audio source"),
+    (["--model_size", "huge"], "model_size must be one of"),
+    (["--variant", "surround-time"], "variant"),
+    (["--snr_db_min", "30", "--snr_db_max", "10"], "snr_db_min"),
+])
+def test_bad_command_lines_stop_with_clear_errors(offline_data, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        main([*_data_args(offline_data), *_small_run(tmp_path / "bad", 1), *extra])
+    assert not (tmp_path / "bad").exists()

@@ -86,6 +86,22 @@ class GramModelOutput(ModelOutput):
 # ------------------------------------------------------------------------------------------------------
 # Embeddings
 # ------------------------------------------------------------------------------------------------------
+def visible_patch_index(bool_masked_pos: torch.Tensor, num_visible: int | None = None) -> torch.Tensor:
+    """Indices `(batch_size, num_visible)` of the unmasked patches, in ascending order.
+
+    Gathering and scattering with them keeps every shape static, where boolean indexing would make them
+    data-dependent (and break `torch.compile` graphs). A caller that knows every row keeps `num_visible`
+    patches (random masking) passes it, which also skips the check and its device synchronisation.
+    """
+    if num_visible is None:
+        kept = (~bool_masked_pos).sum(dim=1)
+        if kept.numel() and not bool(torch.all(kept == kept[0])):
+            raise ValueError("bool_masked_pos must mask the same number of patches in every sample.")
+        num_visible = int(kept[0]) if kept.numel() else bool_masked_pos.shape[1]
+    order = torch.argsort(bool_masked_pos.to(torch.uint8), dim=1, stable=True)  # kept patches first
+    return order[:, :num_visible]
+
+
 class GramPatchEmbeddings(nn.Module):
     """Non-overlapping (freq x time) patches of a chunk, projected by one convolution."""
 
@@ -132,13 +148,20 @@ class GramEmbeddings(nn.Module):
         spectrogram = chunks.float().transpose(2, 3)
         return F.layer_norm(spectrogram, self.normalized_shape, eps=self.config.spectrogram_norm_eps)
 
-    def forward(self, normalized: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        normalized: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        visible_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """
         Args:
             normalized (`torch.FloatTensor` of shape `(num_chunks, num_channels, num_mel_bins, chunk_frames)`):
                 output of `normalize`.
             bool_masked_pos (`torch.BoolTensor` of shape `(num_chunks, num_patches)`, *optional*): patches to
                 drop (True = masked); every chunk must mask the same number of patches.
+            visible_index (`torch.LongTensor` of shape `(num_chunks, num_kept_patches)`, *optional*): the kept
+                patches as `visible_patch_index` gives them (instead of `bool_masked_pos`).
 
         Returns:
             `(num_chunks, 1 + num_kept_patches, hidden_size)`, CLS first.
@@ -147,11 +170,10 @@ class GramEmbeddings(nn.Module):
         patches = self.patch_embeddings(normalized.to(weight.dtype))  # (N, P, D)
         position = self.position_embeddings.detach()  # fixed table: never trained, whatever requires_grad says
         patches = patches + position[:, 1:]
-        if bool_masked_pos is not None:
-            kept = (~bool_masked_pos).sum(dim=1)
-            if kept.numel() and not bool(torch.all(kept == kept[0])):
-                raise ValueError("bool_masked_pos must mask the same number of patches in every sample.")
-            patches = patches[~bool_masked_pos].reshape(patches.shape[0], -1, patches.shape[-1])
+        if visible_index is None and bool_masked_pos is not None:
+            visible_index = visible_patch_index(bool_masked_pos)
+        if visible_index is not None:
+            patches = patches.gather(1, visible_index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         cls = (self.cls_token + position[:, :1]).expand(patches.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, patches], dim=1))
 
@@ -575,9 +597,10 @@ class GramModel(GramPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         num_layers: int | None = None,
+        visible_index: torch.Tensor | None = None,
     ):
         """`encode_chunks` from already normalised chunks `(num_chunks, num_channels, num_mel_bins, chunk_frames)`."""
-        embedded = self.embeddings(normalized, bool_masked_pos)
+        embedded = self.embeddings(normalized, bool_masked_pos, visible_index)
         hidden, all_hidden, all_attentions = self.encoder(embedded, output_hidden_states, output_attentions, num_layers)
         return self.layernorm(hidden), all_hidden, all_attentions
 
@@ -747,19 +770,25 @@ class GramDecoder(nn.Module):
         with torch.no_grad():
             self.position_embeddings.copy_(table.unsqueeze(0).to(self.position_embeddings.dtype))
 
-    def forward(self, encoded: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, encoded: torch.Tensor, bool_masked_pos: torch.Tensor, visible_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         Args:
             encoded (`torch.FloatTensor` of shape `(batch_size, 1 + num_visible, hidden_size)`): encoder output.
             bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`).
+            visible_index (`torch.LongTensor` of shape `(batch_size, num_visible)`, *optional*): the kept
+                patches (`visible_patch_index(bool_masked_pos)` when not given).
 
         Returns:
             `(batch_size, num_patches, patch_dim)` predictions for every patch.
         """
         visible = self.decoder_embed(encoded[:, 1:])  # the decoder has no CLS token
         batch, num_patches = bool_masked_pos.shape
-        tokens = self.mask_token.to(visible.dtype).expand(batch, num_patches, -1).clone()
-        tokens[~bool_masked_pos] = visible.reshape(-1, visible.shape[-1])
+        if visible_index is None:
+            visible_index = visible_patch_index(bool_masked_pos)
+        tokens = self.mask_token.to(visible.dtype).expand(batch, num_patches, -1)
+        tokens = tokens.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, visible.shape[-1]), visible)
         hidden = tokens + self.position_embeddings.detach().to(visible.dtype)
         for layer in self.layers:
             hidden, _ = layer(hidden)
@@ -861,6 +890,7 @@ class GramForPreTraining(GramPreTrainedModel):
         batch = input_values.shape[0]
         if bool_masked_pos is None:
             bool_masked_pos = self.random_masking(batch, input_values.device, noise)
+            visible_index = visible_patch_index(bool_masked_pos, config.num_patches - self.num_masked_patches)
         else:
             if bool_masked_pos.shape != (batch, config.num_patches) or bool_masked_pos.dtype != torch.bool:
                 raise ValueError(
@@ -868,11 +898,14 @@ class GramForPreTraining(GramPreTrainedModel):
                     f"{bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}."
                 )
             bool_masked_pos = bool_masked_pos.to(input_values.device)
+            visible_index = visible_patch_index(bool_masked_pos)
 
         normalized = self.gram.embeddings.normalize(input_values)  # (B, C, mels, frames) float32
         target = self.patchify(normalized)
-        encoded, hidden_states, _ = self.gram.encode_normalized(normalized, bool_masked_pos, output_hidden_states)
-        reconstruction = self.decoder(encoded, bool_masked_pos).float()
+        encoded, hidden_states, _ = self.gram.encode_normalized(
+            normalized, output_hidden_states=output_hidden_states, visible_index=visible_index
+        )
+        reconstruction = self.decoder(encoded, bool_masked_pos, visible_index).float()
         loss = self.reconstruction_loss(reconstruction, target, bool_masked_pos)
         if not return_dict:
             return tuple(v for v in (loss, reconstruction, bool_masked_pos, target, hidden_states) if v is not None)

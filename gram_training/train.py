@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from configuration_gram import GRAM_VARIANTS, GramConfig
@@ -95,12 +95,23 @@ class GramPretrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = False
 
 
+class DistinctRandomStreams(TrainerCallback):
+    """Trainer seeds every process alike; the scenes (SNR, clean draws, crops) and the masks, drawn from
+    torch's global generator on the device, should differ between processes. Resumed runs still restore
+    each process's own saved generator state after this."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            torch.manual_seed(args.seed + args.process_index)
+
+
 class GramPretrainer(Trainer):
     """HF `Trainer` whose loss builds the scenes on the training device before the model sees them."""
 
     def __init__(self, *args, scene_builder: SceneBuilder, **kwargs):
         super().__init__(*args, **kwargs)
         self.scene_builder = scene_builder
+        self.add_callback(DistinctRandomStreams())
 
     def get_train_dataloader(self) -> DataLoader:
         # The dataset shards itself over processes and workers (gram_training.data.shard_position), so the

@@ -161,3 +161,22 @@ def test_pretraining_model_can_be_copied_and_pickled():
         expected = model(x, bool_masked_pos=mask).reconstruction
         for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
             assert torch.equal(clone(x, bool_masked_pos=mask).reconstruction, expected)
+
+
+@pytest.mark.parametrize("variant", ["binaural-time", "ambisonics-frame"])
+def test_pretraining_step_compiles_as_one_graph(variant):
+    """torch.compile(fullgraph=True) fails on any graph break (a host sync such as a mask check, Python
+    control flow on tensor values): random masking, encoder and decoder trace as one graph, forward and
+    backward, and give the eager results."""
+    torch._dynamo.reset()
+    model = GramForPreTraining(tiny_pretraining_config(variant))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    inputs = torch.randn(3, model.config.num_channels, 200, 128)
+    torch.manual_seed(0)
+    eager = model(inputs)
+    torch.manual_seed(0)
+    traced = compiled(inputs)
+    assert torch.equal(traced.mask, eager.mask)
+    assert relative_error(traced.reconstruction, eager.reconstruction) < 1e-6
+    traced.loss.backward()
+    assert model.decoder.mask_token.grad is not None and model.gram.embeddings.cls_token.grad is not None

@@ -224,27 +224,37 @@ class GramSelfAttention(nn.Module):
         )
         self._window_layouts: dict = {}  # (seq_len, device) -> (index, allowed); derived, never saved
 
+    def _window_layout(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head: each (query, key) pair's entry in the concatenated bias tables (the last entry, a zero,
+        for global heads) and whether the pair shares a window, both `(heads, seq_len, seq_len)`."""
+        position = torch.arange(seq_len, device=device)
+        offset = position[:, None] - position[None, :]  # i - j, as the original relative_position_index
+        indices, allowed, table_start = [], [], 0
+        for window in self.window_sizes:
+            if window > 0:
+                indices.append(table_start + (offset + window - 1).clamp(0, 2 * window - 2))
+                allowed.append((position[:, None] // window) == (position[None, :] // window))
+                table_start += 2 * window - 1
+            else:
+                indices.append(None)
+                allowed.append(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device))
+        zero_entry = torch.full((seq_len, seq_len), table_start, dtype=torch.long, device=device)
+        index = torch.stack([zero_entry if i is None else i for i in indices])
+        return index, torch.stack(allowed)
+
     def window_bias(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive attention bias `(1, heads, seq_len, seq_len)`, or None when every head is global."""
         if not self.relative_position_bias_tables:
             return None
-        key = (seq_len, device)
-        if key not in self._window_layouts:
-            position = torch.arange(seq_len, device=device)
-            offset = position[:, None] - position[None, :]  # i - j, as the original relative_position_index
-            index = torch.empty(self.num_heads, seq_len, seq_len, dtype=torch.long, device=device)
-            allowed = torch.ones(self.num_heads, seq_len, seq_len, dtype=torch.bool, device=device)
-            table_start = 0
-            for head, window in enumerate(self.window_sizes):
-                if window > 0:
-                    index[head] = table_start + (offset + window - 1).clamp(0, 2 * window - 2)
-                    allowed[head] = (position[:, None] // window) == (position[None, :] // window)
-                    table_start += 2 * window - 1
-                else:
-                    index[head] = -1  # the zero appended to the tables below
-            index[index < 0] = table_start
-            self._window_layouts[key] = (index, allowed)
-        index, allowed = self._window_layouts[key]
+        if torch.compiler.is_compiling():
+            # Traced into the graph (constants for a fixed length): filling the cache while tracing would
+            # invalidate the compiled graph's guards and force a recompilation.
+            index, allowed = self._window_layout(seq_len, device)
+        else:
+            key = (seq_len, device)
+            if key not in self._window_layouts:
+                self._window_layouts[key] = self._window_layout(seq_len, device)
+            index, allowed = self._window_layouts[key]
         tables = [self.relative_position_bias_tables[str(h)].view(-1) for h, w in enumerate(self.window_sizes) if w > 0]
         flat = torch.cat(tables + [tables[0].new_zeros(1)])
         return flat[index].masked_fill(~allowed, float("-inf")).unsqueeze(0).to(dtype)

@@ -167,16 +167,19 @@ def test_pretraining_model_can_be_copied_and_pickled():
 def test_pretraining_step_compiles_as_one_graph(variant):
     """torch.compile(fullgraph=True) fails on any graph break (a host sync such as a mask check, Python
     control flow on tensor values): random masking, encoder and decoder trace as one graph, forward and
-    backward, and give the eager results."""
+    backward, give the eager results, and are not recompiled at the next step."""
     torch._dynamo.reset()
     model = GramForPreTraining(tiny_pretraining_config(variant))
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     inputs = torch.randn(3, model.config.num_channels, 200, 128)
     torch.manual_seed(0)
-    eager = model(inputs)
+    traced = compiled(inputs)  # first, while the model's caches are still empty
     torch.manual_seed(0)
-    traced = compiled(inputs)
+    eager = model(inputs)
     assert torch.equal(traced.mask, eager.mask)
     assert relative_error(traced.reconstruction, eager.reconstruction) < 1e-6
     traced.loss.backward()
     assert model.decoder.mask_token.grad is not None and model.gram.embeddings.cls_token.grad is not None
+    # The next steps reuse the graph: nothing traced (such as a filled cache) invalidates it.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled(torch.randn(3, model.config.num_channels, 200, 128)).loss.backward()

@@ -136,3 +136,52 @@ def test_bad_command_lines_stop_with_clear_errors(offline_data, tmp_path, extra,
     with pytest.raises(ValueError, match=message):
         main([*_data_args(offline_data), *_small_run(tmp_path / "bad", 1), *extra])
     assert not (tmp_path / "bad").exists()
+
+
+class FakeHub:
+    """Stands in for Trainer's `hf_api()`: records repo creation and uploads (with the files present)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
+        self.calls.append(("create_repo", repo_id))
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, run_as_future=False, ignore_patterns=None, **kwargs):
+        from concurrent.futures import Future
+
+        self.calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path))))
+        done = Future()
+        done.set_result(None)
+        return done if run_as_future else None
+
+
+def test_push_to_hub_uploads_a_complete_model_directory(offline_data, tmp_path, monkeypatch):
+    import transformers.trainer
+
+    hub = FakeHub()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
+    output = tmp_path / "pushed"
+    main([*_data_args(offline_data), *_small_run(output, 2), "--push_to_hub", "--hub_model_id", "me/gram-tiny"])
+    assert hub.calls[0] == ("create_repo", "me/gram-tiny")
+    final = hub.calls[-1]
+    assert final[:2] == ("upload_folder", "me/gram-tiny")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_gram.py",
+            "configuration_gram.py", "feature_extraction_gram.py"} <= set(final[2])
+
+
+def test_streamed_datasets_source_from_the_command_line(offline_data, tmp_path):
+    import datasets
+    import soundfile
+
+    files = []
+    for part, names in enumerate([["coin1.wav", "jump1.wav"], ["laser1.wav", "hit1.wav"]]):
+        records = {"audio": [{"bytes": (offline_data / "sources" / n).read_bytes(), "path": None} for n in names]}
+        table = datasets.Dataset.from_dict(records).cast_column("audio", datasets.Audio(decode=False))
+        files.append(str(tmp_path / f"part{part}.parquet"))
+        table.to_parquet(files[-1])
+    assert soundfile.info(offline_data / "sources" / "coin1.wav").samplerate == 32000
+    trainer = main(["--hf_dataset", "parquet", "--hf_data_files", *files, "--rir_dir", str(offline_data / "rirs"),
+                    *_small_run(tmp_path / "streamed", 2)])
+    assert trainer.state.global_step == 2 and (tmp_path / "streamed" / "model.safetensors").is_file()

@@ -185,3 +185,23 @@ def test_streamed_datasets_source_from_the_command_line(offline_data, tmp_path):
     trainer = main(["--hf_dataset", "parquet", "--hf_data_files", *files, "--rir_dir", str(offline_data / "rirs"),
                     *_small_run(tmp_path / "streamed", 2)])
     assert trainer.state.global_step == 2 and (tmp_path / "streamed" / "model.safetensors").is_file()
+
+
+def test_bf16_mixed_precision_run(offline_data, tmp_path):
+    """The GPU default precision, on CPU autocast: scenes and features stay float32, the model runs bf16."""
+    from feature_extraction_gram import GramFeatureExtractor
+    from gram_training.data import SceneDataset, collate_scenes
+    from gram_training.scenes import SceneBuilder, SceneConfig
+
+    dataset = SceneDataset(offline_data / "sources", offline_data / "rirs", 2, offline_data / "noise",
+                           offline_data / "noise_rirs", clip_seconds=3.0)
+    batch = collate_scenes([example for _, example in zip(range(2), dataset)])
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(clip_seconds=3.0, crops_per_clip=2))
+    plain = builder(batch, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = builder(batch, torch.Generator().manual_seed(0))
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+
+    trainer = main([*_data_args(offline_data), *_small_run(tmp_path / "bf16", 2), "--bf16", "true", "--use_cpu", "true"])
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)

@@ -146,9 +146,9 @@ class HubSource:
     soundfile (no torchcodec/FFmpeg needed); each shard gets its part via `split_dataset_by_node`."""
 
     def __init__(self, path: str, split: str = "train", column: str = "audio", name: str | None = None,
-                 data_files=None, shuffle_buffer: int = 1000):
+                 data_files=None, shuffle_buffer: int = 1000, seed: int = 0):
         self.path, self.split, self.column, self.name = path, split, column, name
-        self.data_files, self.shuffle_buffer = data_files, shuffle_buffer
+        self.data_files, self.shuffle_buffer, self.seed = data_files, shuffle_buffer, seed
 
     def _dataset(self):
         import datasets
@@ -162,14 +162,16 @@ class HubSource:
     def records(self, shard: int, num_shards: int, rng: np.random.Generator, sampling_rate: int, skipped: SkippedFiles):
         from datasets.distributed import split_dataset_by_node
 
-        dataset = split_dataset_by_node(self._dataset(), rank=shard, world_size=num_shards)
+        dataset = self._dataset()
+        if self.shuffle_buffer > 1:
+            # The same seed in every shard: when the files do not divide among the shards, each takes every
+            # n-th record of one common order, which only partitions the data if that order is shared.
+            dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        dataset = split_dataset_by_node(dataset, rank=shard, world_size=num_shards)
         epoch = 0
         while True:
-            if self.shuffle_buffer > 1:
-                dataset.set_epoch(epoch)
-                stream = dataset.shuffle(seed=int(rng.integers(2**31)), buffer_size=self.shuffle_buffer)
-            else:
-                stream = dataset
+            dataset.set_epoch(epoch)  # a new (shared) order every epoch
+            stream = dataset
             usable = 0
             for position, record in enumerate(_iterate_plain(stream)):
                 if self.column not in record:

@@ -155,7 +155,7 @@ def build_dataset(data_args: DataArguments, config: GramConfig, seed: int) -> Sc
     if (data_args.audio_dir is None) == (data_args.hf_dataset is None):
         raise ValueError("Give exactly one audio source: --audio_dir or --hf_dataset.")
     source = data_args.audio_dir or HubSource(data_args.hf_dataset, data_args.hf_split, data_args.hf_audio_column,
-                                              data_args.hf_config, data_args.hf_data_files)
+                                              data_args.hf_config, data_args.hf_data_files, seed=seed)
     channels = {1: 1, 2: 2, 7: 4}[config.num_channels]
     return SceneDataset(source, data_args.rir_dir, channels, data_args.noise_dir, data_args.noise_rir_dir,
                         config.sampling_rate, data_args.clip_seconds, seed)

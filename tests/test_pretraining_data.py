@@ -168,3 +168,26 @@ def test_hub_streaming_source_shards_and_skips(tmp_path, monkeypatch, caplog):
     records = source.records(3, 4, np.random.default_rng(0), 32000, skipped)
     [next(records) for _ in range(3)]
     assert skipped.counts["audio"] >= 1 and "undecodable" in caplog.text
+
+
+@pytest.mark.parametrize("num_files,num_shards", [(3, 2), (4, 2), (2, 3)])
+def test_shuffled_stream_partitions_records_across_shards(tmp_path, monkeypatch, num_files, num_shards):
+    """With shuffling on, every record goes to exactly one shard per epoch, whether the files divide among
+    the shards (whole files per shard) or not (every n-th record of a shared order)."""
+    datasets = pytest.importorskip("datasets")
+    # datasets waits 5 s after each pass of a shuffled stream (an Arrow threading workaround): skip it here.
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    files = []
+    for part in range(num_files):
+        records = {"audio": [{"bytes": _wav_bytes((part * 4 + j + 1) / 100), "path": None} for j in range(4)]}
+        table = datasets.Dataset.from_dict(records).cast_column("audio", datasets.Audio(decode=False))
+        files.append(str(tmp_path / f"part{part}.parquet"))
+        table.to_parquet(files[-1])
+    total = 4 * num_files
+    source = HubSource("parquet", data_files=files, shuffle_buffer=4, seed=3)
+    seen = []
+    for shard in range(num_shards):
+        records = source.records(shard, num_shards, np.random.default_rng([0, shard]), 32000, SkippedFiles())
+        share = total // num_shards + (shard < total % num_shards)
+        seen += [int(round(float(np.median(next(records))) * 100)) - 1 for _ in range(share)]
+    assert sorted(seen) == list(range(total))

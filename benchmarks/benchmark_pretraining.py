@@ -65,7 +65,8 @@ def synthetic_batch(scenes: int, audio_channels: int, device: torch.device, seco
         "source": torch.randn(scenes, samples, generator=generator),
         "rir": torch.randn(scenes, audio_channels, taps, generator=generator) * decay,
         "noise": torch.randn(scenes, samples, generator=generator),
-        "noise_rir": torch.randn(scenes, audio_channels, taps, generator=generator) * decay,
+        "noise_rir": torch.randn(scenes, 1, audio_channels, taps, generator=generator) * decay,
+        "noise_active": torch.tensor([[0, samples]] * scenes),
     }
     return {key: value.to(device) for key, value in batch.items()}
 

@@ -203,24 +203,53 @@ def _crop_or_pad(audio: np.ndarray, length: int, rng: np.random.Generator) -> np
     return np.pad(audio, ((0, 0), (0, length - audio.shape[-1])))
 
 
+def _place_noise(noise: np.ndarray, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+    """A `length`-sample noise track and where it plays `(start, active_length)`: a random window of longer
+    noise, or shorter noise at a random start in silence (as the original)."""
+    if noise.shape[-1] >= length:
+        return _crop_or_pad(noise[None], length, rng)[0], 0, length
+    start = int(rng.integers(0, length - noise.shape[-1] + 1))
+    track = np.zeros(length, np.float32)
+    track[start : start + noise.shape[-1]] = noise
+    return track, start, noise.shape[-1]
+
+
 class ImpulseResponseBank:
     """Multi-channel impulse responses of a folder (`(channels, taps)` .npy, or multi-channel wav/flac),
-    read on first use and kept; files with the wrong channel count are skipped with a warning."""
+    read on first use and kept; files with the wrong channel count are skipped with a warning. With
+    `several=True` (noise), a `.npy` may also hold `(sources, channels, taps)`: the impulse responses of
+    several noise positions of one room, whose contributions are summed; draws are then `(K, C, taps)`."""
 
-    def __init__(self, folder: str | os.PathLike, channels: int, sampling_rate: int):
+    def __init__(self, folder: str | os.PathLike, channels: int, sampling_rate: int, several: bool = False):
         self.folder, self.channels, self.sampling_rate = Path(folder), channels, sampling_rate
+        self.several = several
         self.files = find_audio_files(folder)
         self._cache: dict[int, np.ndarray | None] = {}
+
+    def _read(self, path: Path) -> np.ndarray:
+        if self.several and path.suffix.lower() == ".npy":
+            try:
+                array = np.load(path, allow_pickle=False)
+            except Exception as error:
+                raise BadAudioError(f"{path.name}: unreadable ({type(error).__name__}: {error})") from error
+            if array.ndim == 3:
+                if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() or array.size == 0:
+                    raise BadAudioError(f"{path.name}: expected finite floating-point impulse responses")
+                rirs = array.astype(np.float32)
+            else:
+                rirs = _check_audio(array, path.name)[None]
+        else:
+            rirs = read_audio(path, self.sampling_rate)[None]
+        if rirs.shape[1] != self.channels:
+            raise BadAudioError(f"expected {self.channels} channels, got {rirs.shape[1]}")
+        return rirs if self.several else rirs[0]
 
     def draw(self, rng: np.random.Generator, skipped: SkippedFiles) -> np.ndarray:
         for _ in range(100 * len(self.files)):
             index = int(rng.integers(len(self.files)))
             if index not in self._cache:
                 try:
-                    rir = read_audio(self.files[index], self.sampling_rate)
-                    if rir.shape[0] != self.channels:
-                        raise BadAudioError(f"expected {self.channels} channels, got {rir.shape[0]}")
-                    self._cache[index] = rir
+                    self._cache[index] = self._read(self.files[index])
                 except BadAudioError as error:
                     skipped.skip("impulse response", str(self.files[index]), error)
                     self._cache[index] = None
@@ -232,9 +261,11 @@ class ImpulseResponseBank:
 class SceneDataset(IterableDataset):
     """Endless stream of dry scene material, one dict per clip:
 
-    - `source` `(clip_samples,)`: a random window of a source clip (mixed to mono),
+    - `source` `(clip_samples,)`: a random window of a source clip's first channel (zero-padded when shorter),
     - `rir` `(channels, taps)`: a random impulse response,
-    - `noise` `(clip_samples,)` and `noise_rir` `(channels, taps)` when a noise folder is given.
+    - when a noise folder is given: `noise` `(clip_samples,)` (a noise clip's first channel: a random window,
+      or the whole clip at a random start in silence when shorter), `noise_active` `(2,)` (its start and
+      length) and `noise_rir` `(sources, channels, taps)`.
 
     Each DataLoader worker of each process reads its own shard of the sources (`shard_position`), with its
     own random stream, so no clip is read twice per epoch across the job.
@@ -247,8 +278,8 @@ class SceneDataset(IterableDataset):
         self.source = FolderSource(source) if isinstance(source, (str, os.PathLike)) else source
         self.rirs = ImpulseResponseBank(rir_folder, channels, sampling_rate)
         self.noises = FolderSource(noise_folder) if noise_folder is not None else None
-        self.noise_rirs = (ImpulseResponseBank(noise_rir_folder, channels, sampling_rate)
-                           if noise_rir_folder is not None else self.rirs)
+        self.noise_rirs = ImpulseResponseBank(noise_rir_folder if noise_rir_folder is not None else rir_folder,
+                                              channels, sampling_rate, several=True)
         self.sampling_rate, self.seed = sampling_rate, seed
         self.clip_samples = int(round(clip_seconds * sampling_rate))
         self.skipped = SkippedFiles()
@@ -264,18 +295,20 @@ class SceneDataset(IterableDataset):
                                          self.skipped)
         for audio in sources:
             example = {
-                "source": torch.from_numpy(_crop_or_pad(audio.mean(axis=0, keepdims=True), self.clip_samples, rng)[0]),
+                "source": torch.from_numpy(_crop_or_pad(audio[:1], self.clip_samples, rng)[0]),
                 "rir": torch.from_numpy(self.rirs.draw(rng, self.skipped)),
             }
             if noises is not None:
-                noise = next(noises).mean(axis=0, keepdims=True)
-                example["noise"] = torch.from_numpy(_crop_or_pad(noise, self.clip_samples, rng)[0])
+                track, start, active = _place_noise(next(noises)[0], self.clip_samples, rng)
+                example["noise"] = torch.from_numpy(track)
+                example["noise_active"] = torch.tensor([start, active])
                 example["noise_rir"] = torch.from_numpy(self.noise_rirs.draw(rng, self.skipped))
             yield example
 
 
 def collate_scenes(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack a batch; impulse responses are zero-padded to the longest of the batch."""
+    """Stack a batch; impulse responses are zero-padded to the longest of the batch (and noise impulse
+    response sets to the largest, with silent extra sources)."""
     if not examples:
         raise ValueError("Empty batch.")
     batch = {}
@@ -283,6 +316,12 @@ def collate_scenes(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
         tensors = [example[key] for example in examples]
         if key.endswith("rir"):
             taps = max(t.shape[-1] for t in tensors)
-            tensors = [torch.nn.functional.pad(t, (0, taps - t.shape[-1])) for t in tensors]
+            pad = [0, 0] * (tensors[0].ndim - 1)
+            if tensors[0].ndim == 3:
+                sources = max(t.shape[0] for t in tensors)
+                tensors = [torch.nn.functional.pad(t, (0, taps - t.shape[-1], 0, 0, 0, sources - t.shape[0]))
+                           for t in tensors]
+            else:
+                tensors = [torch.nn.functional.pad(t, (0, taps - t.shape[-1], *pad)) for t in tensors]
         batch[key] = torch.stack(tensors)
     return batch

@@ -4,11 +4,16 @@ One call turns a batch of dry mono sources, multi-channel room impulse responses
 log-mel (+ intensity vector) crops GRAM pretrains on; every step is a batched tensor operation (FFT
 convolution, mixing, normalisation, STFT), so it runs on the GPU when the model does:
 
-    source (B, S) * RIR (B, C, L)  +  g * noise (B, S) * noise RIR (B, C, L')     FFT convolution
-    g from an SNR drawn per scene and measured over all channels jointly         keeps ITD and ILD
-    optional clean scenes (no noise), RMS normalisation over all channels        keeps ILD
+    dry source and noise at -14 dBFS RMS (noise: over its active part)           level normalisation
+    source (B, S) * RIR (B, C, L)  +  g * sum_k noise (B, S) * noise RIR_k        FFT convolution
+    g from an SNR drawn per scene (5-40 dB), measured over all channels jointly
+      and over the span where the noise is active                                keeps ITD and ILD
+    optional clean scenes (no noise)
     features (B, F, frames, mels) in float32                                     GramFeatureExtractor.extract
     K random 2-second crops per scene                                          -> (B * K, F, 200, mels)
+
+This is the original GRAM-T recipe (src/data_modules/dataset_functions.py, scene_module/generate_scenes*.py),
+on the device instead of per sample on the CPU; see the README for the few deliberate differences.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class SceneConfig:
     snr_db_min: float = 5.0
     snr_db_max: float = 40.0
     clean_ratio: float = 0.0
-    target_rms: float = 0.1
+    level_dbfs: float = -14.0
     crops_per_clip: int = 16
     crop_frames: int = 200
 
@@ -38,8 +43,8 @@ class SceneConfig:
             raise ValueError(f"snr_db_min ({self.snr_db_min}) must not exceed snr_db_max ({self.snr_db_max}).")
         if not 0.0 <= self.clean_ratio <= 1.0:
             raise ValueError(f"clean_ratio must lie in [0, 1], got {self.clean_ratio}.")
-        if self.crops_per_clip < 1 or self.crop_frames < 1 or self.clip_seconds <= 0 or self.target_rms <= 0:
-            raise ValueError("crops_per_clip, crop_frames, clip_seconds and target_rms must be positive.")
+        if self.crops_per_clip < 1 or self.crop_frames < 1 or self.clip_seconds <= 0:
+            raise ValueError("crops_per_clip, crop_frames and clip_seconds must be positive.")
 
     @property
     def clip_samples(self) -> int:
@@ -47,20 +52,50 @@ class SceneConfig:
 
 
 def fft_convolve(signal: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
-    """Convolve mono signals `(B, S)` with multi-channel impulse responses `(B, C, L)`; returns the first `S`
-    samples of the full convolution, `(B, C, S)`, computed in float32 whatever the input dtype."""
-    if signal.ndim != 2 or rir.ndim != 3 or signal.shape[0] != rir.shape[0]:
-        raise ValueError(f"Expected signal (B, S) and rir (B, C, L), got {tuple(signal.shape)} and {tuple(rir.shape)}.")
+    """Convolve mono signals `(B, S)` with multi-channel impulse responses `(B, C, L)`, or with several per
+    signal `(B, K, C, L)` whose results are summed (the original's several noise sources); returns the first
+    `S` samples of the full convolution, `(B, C, S)`, computed in float32 whatever the input dtype."""
+    if signal.ndim != 2 or rir.ndim not in (3, 4) or signal.shape[0] != rir.shape[0]:
+        raise ValueError(
+            f"Expected signal (B, S) and rir (B, C, L) or (B, K, C, L), got {tuple(signal.shape)} and {tuple(rir.shape)}."
+        )
     num_samples = signal.shape[-1]
     size = num_samples + rir.shape[-1] - 1
     size = 1 << (size - 1).bit_length()  # power of two: fast on every backend
-    spectrum = torch.fft.rfft(signal.float(), n=size).unsqueeze(1) * torch.fft.rfft(rir.float(), n=size)
+    signal_spectrum = torch.fft.rfft(signal.float(), n=size).view(signal.shape[0], *([1] * (rir.ndim - 2)), -1)
+    spectrum = signal_spectrum * torch.fft.rfft(rir.float(), n=size)
+    if rir.ndim == 4:  # convolution is linear: sum the sources' spectra, one inverse FFT
+        spectrum = spectrum.sum(dim=1)
     return torch.fft.irfft(spectrum, n=size)[..., :num_samples]
 
 
-def _power(audio: torch.Tensor) -> torch.Tensor:
-    """Mean power over channels and samples, `(B, C, S)` -> `(B, 1, 1)`."""
-    return audio.square().mean(dim=(-2, -1), keepdim=True)
+def active_mask(num_samples: int, active: torch.Tensor | None, device) -> torch.Tensor | None:
+    """`(B, 1, S)` bool mask of the samples where each noise clip plays, from `active (B, 2)` = (start, length)."""
+    if active is None:
+        return None
+    position = torch.arange(num_samples, device=device).view(1, 1, -1)
+    start, length = active[:, 0].view(-1, 1, 1).to(device), active[:, 1].view(-1, 1, 1).to(device)
+    return (position >= start) & (position < start + length)
+
+
+def normalize_level(audio: torch.Tensor, level_dbfs: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale each clip `(B, S)` to an RMS of `level_dbfs` dB full scale (over its `mask (B, 1, S)` part
+    when given); silent clips stay silent."""
+    squares = audio.float().square()
+    if mask is None:
+        mean_square = squares.mean(dim=-1, keepdim=True)
+    else:
+        weights = mask[:, 0].float()
+        mean_square = (squares * weights).sum(dim=-1, keepdim=True) / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    rms = mean_square.sqrt()
+    gain = torch.where(rms > 0, 10.0 ** (level_dbfs / 20.0) / rms.clamp_min(1e-30), torch.ones_like(rms))
+    return audio.float() * gain
+
+
+def _energy(audio: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Energy over channels and samples (those of `mask` when given), `(B, C, S)` -> `(B, 1, 1)`."""
+    squares = audio.square() if mask is None else (audio * mask).square()
+    return squares.sum(dim=(-2, -1), keepdim=True)
 
 
 class SceneBuilder:
@@ -84,16 +119,20 @@ class SceneBuilder:
         generator: torch.Generator | None = None,
         snr_db: torch.Tensor | None = None,
         clean: torch.Tensor | None = None,
+        noise_active: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Spatial scenes `(B, C, S)`: the spatialised source plus spatialised noise at a random SNR (or the
-        given `snr_db (B,)`; `clean (B,)` True drops the noise), normalised to `target_rms` over all channels."""
+        """Spatial scenes `(B, C, S)`: the level-normalised dry source through its RIR, plus the normalised
+        noise through its RIR(s) `(B, C, L)` or `(B, K, C, L)` at a random SNR (or the given `snr_db (B,)`;
+        `clean (B,)` True drops the noise), measured where the noise plays (`noise_active (B, 2)`: start and
+        length; the whole clip when not given)."""
         config = self.config
-        scene = fft_convolve(source, rir)
+        scene = fft_convolve(normalize_level(source, config.level_dbfs), rir)
         batch, device = scene.shape[0], scene.device
         if noise is not None:
             if noise_rir is None:
                 raise ValueError("noise needs its impulse responses (noise_rir).")
-            noise_image = fft_convolve(noise, noise_rir)
+            mask = active_mask(scene.shape[-1], noise_active, device)
+            noise_image = fft_convolve(normalize_level(noise, config.level_dbfs, mask), noise_rir)
             if snr_db is None:
                 uniform = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu")
                 snr_db = config.snr_db_min + (config.snr_db_max - config.snr_db_min) * uniform.to(device)
@@ -101,10 +140,10 @@ class SceneBuilder:
                 draw = torch.rand(batch, generator=generator, device=generator.device if generator else "cpu")
                 clean = draw.to(device) < config.clean_ratio
             # One gain per scene over all channels, so the noise keeps its own inter-channel cues.
-            gain = torch.sqrt(_power(scene) / (_power(noise_image).clamp_min(1e-12) * 10.0 ** (snr_db.view(-1, 1, 1) / 10)))
+            ratio = _energy(scene, mask) / (_energy(noise_image, mask) + 1e-9)
+            gain = torch.sqrt(ratio * 10.0 ** (-snr_db.view(-1, 1, 1) / 10.0))
             scene = scene + torch.where(clean.view(-1, 1, 1), 0.0, gain) * noise_image
-        rms = _power(scene).sqrt().clamp_min(1e-8)
-        return scene * (config.target_rms / rms)
+        return scene
 
     def random_crops(self, features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """`crops_per_clip` random `crop_frames`-frame crops of each clip: `(B, F, T, M)` -> `(B * K, F, crop, M)`."""
@@ -121,7 +160,8 @@ class SceneBuilder:
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """Model inputs `(B * crops_per_clip, F, crop_frames, mels)` float32 from a collated batch."""
-        scene = self.mix(batch["source"], batch["rir"], batch.get("noise"), batch.get("noise_rir"), generator)
+        scene = self.mix(batch["source"], batch["rir"], batch.get("noise"), batch.get("noise_rir"), generator,
+                         noise_active=batch.get("noise_active"))
         with torch.autocast(scene.device.type, enabled=False):  # features in float32 even under bf16 training
             features = self.feature_extractor.extract(scene.float())
         return self.random_crops(features, generator)

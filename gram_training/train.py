@@ -63,7 +63,7 @@ class DataArguments:
     snr_db_min: float = 5.0
     snr_db_max: float = 40.0
     clean_ratio: float = field(default=0.0, metadata={"help": "share of scenes without noise"})
-    target_rms: float = 0.1
+    level_dbfs: float = field(default=-14.0, metadata={"help": "RMS level of the dry source and noise (dB full scale)"})
     clip_seconds: float = 10.0
     crops_per_clip: int = 16
 
@@ -179,7 +179,7 @@ def main(argv=None) -> GramPretrainer:
                                              num_mel_bins=config.num_mel_bins, hop_length=config.hop_length)
     scene_config = SceneConfig(
         sampling_rate=config.sampling_rate, clip_seconds=data_args.clip_seconds, snr_db_min=data_args.snr_db_min,
-        snr_db_max=data_args.snr_db_max, clean_ratio=data_args.clean_ratio, target_rms=data_args.target_rms,
+        snr_db_max=data_args.snr_db_max, clean_ratio=data_args.clean_ratio, level_dbfs=data_args.level_dbfs,
         crops_per_clip=data_args.crops_per_clip, crop_frames=config.chunk_frames)
     dataset = build_dataset(data_args, config, training_args.seed)
     trainer = GramPretrainer(

@@ -132,9 +132,27 @@ def test_noise_and_collation(tmp_path):
     dataset = SceneDataset(sources, rirs, channels=2, noise_folder=noise, clip_seconds=1.0)
     batch = collate_scenes([example for _, example in zip(range(8), dataset)])
     assert batch["source"].shape == (8, 32000) and batch["noise"].shape == (8, 32000)
-    assert batch["rir"].shape[-1] == 100 and batch["noise_rir"].shape[-1] == 100
-    # Sources longer than a clip are cropped, shorter noise is zero-padded at its end.
-    assert torch.all(batch["source"] > 0) and torch.all(batch["noise"][:, -100:] == 0)
+    assert batch["rir"].shape[-1] == 100 and batch["noise_rir"].shape == (8, 1, 2, 100)
+    # Sources longer than a clip are cropped; shorter noise plays whole, at a random start, in silence.
+    assert torch.all(batch["source"] > 0)
+    for track, (start, length) in zip(batch["noise"], batch["noise_active"].tolist()):
+        assert length == 9600 and torch.all(track[start : start + length] > 0)
+        assert torch.all(track[:start] == 0) and torch.all(track[start + length :] == 0)
+    assert len(set(batch["noise_active"][:, 0].tolist())) > 1
+
+
+def test_noise_impulse_response_sets_are_summed_sources(tmp_path):
+    sources = _write_tagged_sources(tmp_path / "sources", 1)
+    rirs = _write_rirs(tmp_path / "rirs")
+    sets = tmp_path / "noise_rirs"
+    sets.mkdir()
+    np.save(sets / "room.npy", np.ones((5, 2, 32), np.float32))  # five noise positions of one room
+    dataset = SceneDataset(sources, rirs, channels=2, noise_folder=_write_tagged_sources(tmp_path / "noise", 1),
+                           noise_rir_folder=sets, clip_seconds=0.25)
+    example = next(iter(dataset))
+    assert example["noise_rir"].shape == (5, 2, 32)
+    mixed = collate_scenes([example, {**example, "noise_rir": example["noise_rir"][:2, :, :16]}])
+    assert mixed["noise_rir"].shape == (2, 5, 2, 32) and torch.all(mixed["noise_rir"][1, 2:] == 0)
 
 
 def _wav_bytes(value, seconds=0.25, rate=32000):

@@ -32,28 +32,48 @@ def test_fft_convolution_matches_scipy():
             assert relative_error(result[b, c], torch.from_numpy(expected[: result.shape[-1]])) < 1e-5
 
 
-def test_mix_sets_the_snr_over_all_channels_and_the_rms():
+def test_fft_convolution_sums_several_noise_sources():
     batch = _scene_batch()
-    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(target_rms=0.05))
+    several = torch.stack([batch["rir"][..., :1500], batch["noise_rir"]], dim=1)  # (B, 2, C, 1500)
+    expected = fft_convolve(batch["noise"], several[:, 0]) + fft_convolve(batch["noise"], several[:, 1])
+    assert relative_error(fft_convolve(batch["noise"], several), expected) < 1e-6
+
+
+def _level(x):
+    return 20 * np.log10(np.sqrt(np.mean(np.square(x))))
+
+
+def test_mix_follows_the_original_recipe():
+    """Dry source at -14 dBFS, noise at -14 dBFS over where it plays, SNR over all channels and that span."""
+    batch = _scene_batch()
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig())
     snr = torch.tensor([0.0, 10.0, 25.0])
     clean = torch.tensor([False, False, True])
-    scene = builder.mix(batch["source"], batch["rir"], batch["noise"], batch["noise_rir"], snr_db=snr, clean=clean)
+    active = torch.tensor([[0, 80000], [20000, 30000], [0, 80000]])  # scene 1: noise plays from 0.625 s for 0.94 s
+    noise = batch["noise"].clone()
+    noise[1, :20000] = 0
+    noise[1, 50000:] = 0
+    scene = builder.mix(batch["source"], batch["rir"], noise, batch["noise_rir"], snr_db=snr, clean=clean,
+                        noise_active=active).double().numpy()
 
-    source = np.stack([[scipy.signal.fftconvolve(batch["source"][b].double(), batch["rir"][b, c].double())[:80000]
-                        for c in range(2)] for b in range(3)])
-    noise = np.stack([[scipy.signal.fftconvolve(batch["noise"][b].double(), batch["noise_rir"][b, c].double())[:80000]
-                       for c in range(2)] for b in range(3)])
-    scene = scene.double().numpy()
     for b in range(3):
-        assert np.sqrt(np.mean(scene[b] ** 2)) == pytest.approx(0.05, rel=1e-4)
-        # The scene is a * source + a * g * noise: recover both gains by least squares.
-        design = np.stack([source[b].ravel(), noise[b].ravel()], axis=1)
-        (a, ag), *_ = np.linalg.lstsq(design, scene[b].ravel(), rcond=None)
+        dry = batch["source"][b].double().numpy()
+        dry = dry * 10 ** (-14 / 20) / np.sqrt(np.mean(dry**2))
+        start, length = active[b].tolist()
+        playing = noise[b].double().numpy()
+        playing = playing * 10 ** (-14 / 20) / np.sqrt(np.mean(playing[start : start + length] ** 2))
+        source = np.stack([scipy.signal.fftconvolve(dry, batch["rir"][b, c].double())[:80000] for c in range(2)])
+        noise_image = np.stack([scipy.signal.fftconvolve(playing, batch["noise_rir"][b, c].double())[:80000]
+                                for c in range(2)])
+        residual = scene[b] - source
         if clean[b]:
-            assert abs(ag) < 1e-6 * abs(a)
-        else:
-            measured = 10 * np.log10(np.mean((a * source[b]) ** 2) / np.mean((ag * noise[b]) ** 2))
-            assert measured == pytest.approx(float(snr[b]), abs=1e-3)
+            assert np.abs(residual).max() < 1e-5 * np.abs(source).max()
+            continue
+        gain = np.sum(residual * noise_image) / np.sum(noise_image**2)
+        assert np.abs(residual - gain * noise_image).max() < 1e-4 * np.abs(residual).max()
+        span = slice(start, start + length)
+        measured = 10 * np.log10(np.sum(source[:, span] ** 2) / np.sum((gain * noise_image[:, span]) ** 2))
+        assert measured == pytest.approx(float(snr[b]), abs=1e-3)
 
 
 def test_random_snr_and_clean_ratio_are_drawn_per_scene():

@@ -38,7 +38,7 @@ from transformers import Trainer, TrainingArguments
 from feature_extraction_gram import GramFeatureExtractor
 from gram_training.rooms import RoomSpec, direction_vector
 from gram_training.scenes import fft_convolve
-from gram_training.simulate import AUDIO_FORMATS, music_segments, room_impulse_response, sound_effects
+from gram_training.simulate import AUDIO_FORMATS, music_segments, noise_position, room_impulse_response, sound_effects
 from modeling_gram import GramModel, angular_error_degrees
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,7 @@ def render_scenes(audio_format: str, num_rooms: int, scenes_per_room: int, seed:
     num_test = max(1, int(round(test_share * num_rooms)))
     for room in range(num_rooms):
         spec = RoomSpec.random(rng, elevation=float(rng.uniform(-20.0, 40.0)))
-        noise_spec = RoomSpec.random(rng)
-        noise_spec.dimensions, noise_spec.absorption, noise_spec.listener = spec.dimensions, spec.absorption, spec.listener
-        if not (np.all(noise_spec.source > 0.3) and np.all(noise_spec.source < np.asarray(spec.dimensions) - 0.3)):
-            noise_spec.distance = 0.5
+        noise_spec = noise_position(spec, rng)
         rir = torch.from_numpy(room_impulse_response(spec, audio_format, SAMPLING_RATE))
         noise_rir = torch.from_numpy(room_impulse_response(noise_spec, audio_format, SAMPLING_RATE))
         for _ in range(scenes_per_room):

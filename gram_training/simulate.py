@@ -8,8 +8,9 @@
 
     python -m gram_training.simulate --output-dir data/offline --audio-format binaural --num-rirs 64
 
-writes `sources/*.wav` (mono, 32 kHz), `noise/*.wav`, `rirs/*.npy` and `noise_rirs/*.npy` (`(channels, taps)`
-float32) and `rirs.json` (each RIR's room and source direction), ready for `python -m gram_training.train`.
+writes `sources/*.wav` (mono, 32 kHz), `noise/*.wav`, `rirs/*.npy` (`(channels, taps)` float32),
+`noise_rirs/*.npy` (`(noise_sources, channels, taps)`: other points of the same rooms) and `rirs.json` (each
+RIR's room and source direction), ready for `python -m gram_training.train`.
 """
 
 from __future__ import annotations
@@ -114,16 +115,25 @@ def room_impulse_response(spec: RoomSpec, audio_format: str, sampling_rate: int 
     raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
 
 
+def noise_position(spec: RoomSpec, rng: np.random.Generator) -> RoomSpec:
+    """Another random point of `spec`'s room, heard from the same listener position."""
+    noise = RoomSpec.random(rng)
+    noise.dimensions, noise.absorption, noise.listener = spec.dimensions, spec.absorption, spec.listener
+    if not (np.all(noise.source > 0.3) and np.all(noise.source < np.asarray(spec.dimensions) - 0.3)):
+        noise.distance = 0.5  # a close point always fits: the listener is 1 m from the walls
+    return noise
+
+
 def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs: int = 32, seed: int = 0,
-                           sampling_rate: int = 32000, with_speech: bool = True) -> Path:
+                           sampling_rate: int = 32000, with_speech: bool = True, noise_sources: int = 3) -> Path:
     """Write the offline pretraining material (see the module docstring) atomically to `output_dir`."""
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
         raise FileExistsError(f"{output} exists and is not empty.")
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
-    if num_rirs < 1:
-        raise ValueError(f"num_rirs must be positive, got {num_rirs}.")
+    if num_rirs < 1 or noise_sources < 1:
+        raise ValueError(f"num_rirs and noise_sources must be positive, got {num_rirs} and {noise_sources}.")
     if audio_format == "binaural":
         load_kemar(sampling_rate)  # fail before writing anything if the HRIRs are missing
     rng = np.random.default_rng(seed)
@@ -143,14 +153,13 @@ def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs:
         for index in range(num_rirs):
             spec = RoomSpec.random(rng)
             np.save(staging / "rirs" / f"rir{index:04d}.npy", room_impulse_response(spec, audio_format, sampling_rate))
-            # The noise comes from another point of the same room.
-            noise_spec = RoomSpec.random(rng)
-            noise_spec.dimensions, noise_spec.absorption, noise_spec.listener = spec.dimensions, spec.absorption, spec.listener
-            if not (np.all(noise_spec.source > 0.3) and np.all(noise_spec.source < np.asarray(spec.dimensions) - 0.3)):
-                noise_spec.distance = 0.5  # a close point always fits: the listener is 1 m from the walls
+            # The noise comes from other points of the same room, summed in the scene as the original does.
+            noise_specs = [noise_position(spec, rng) for _ in range(noise_sources)]
+            responses = [room_impulse_response(n, audio_format, sampling_rate) for n in noise_specs]
+            taps = max(r.shape[-1] for r in responses)
             np.save(staging / "noise_rirs" / f"rir{index:04d}.npy",
-                    room_impulse_response(noise_spec, audio_format, sampling_rate))
-            metadata.append({"file": f"rir{index:04d}.npy", **asdict(spec), "noise": asdict(noise_spec)})
+                    np.stack([np.pad(r, ((0, 0), (0, taps - r.shape[-1]))) for r in responses]))
+            metadata.append({"file": f"rir{index:04d}.npy", **asdict(spec), "noise": [asdict(n) for n in noise_specs]})
         (staging / "rirs.json").write_text(json.dumps({"audio_format": audio_format, "sampling_rate": sampling_rate,
                                                        "rirs": metadata}, indent=1))
         if output.exists():
@@ -168,11 +177,12 @@ def main(argv=None) -> int:
     parser.add_argument("--audio-format", choices=AUDIO_FORMATS, default="binaural")
     parser.add_argument("--num-rirs", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-sources", type=int, default=3, help="noise positions per room (summed in a scene)")
     parser.add_argument("--no-speech", action="store_true", help="leave out the eSpeak NG sentences")
     args = parser.parse_args(argv)
     try:
         path = write_pretraining_data(args.output_dir, args.audio_format, args.num_rirs, args.seed,
-                                      with_speech=not args.no_speech)
+                                      with_speech=not args.no_speech, noise_sources=args.noise_sources)
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Wrote {path}")

@@ -261,7 +261,8 @@ class ImpulseResponseBank:
 class SceneDataset(IterableDataset):
     """Endless stream of dry scene material, one dict per clip:
 
-    - `source` `(clip_samples,)`: a random window of a source clip's first channel (zero-padded when shorter),
+    - `source` `(clip_samples,)`: a random window of a source clip's first channel (zero-padded when shorter)
+      and `source_length` (its real samples),
     - `rir` `(channels, taps)`: a random impulse response,
     - when a noise folder is given: `noise` `(clip_samples,)` (a noise clip's first channel: a random window,
       or the whole clip at a random start in silence when shorter), `noise_active` `(2,)` (its start and
@@ -296,6 +297,7 @@ class SceneDataset(IterableDataset):
         for audio in sources:
             example = {
                 "source": torch.from_numpy(_crop_or_pad(audio[:1], self.clip_samples, rng)[0]),
+                "source_length": torch.tensor(min(audio.shape[-1], self.clip_samples)),
                 "rir": torch.from_numpy(self.rirs.draw(rng, self.skipped)),
             }
             if noises is not None:

@@ -120,13 +120,19 @@ class SceneBuilder:
         snr_db: torch.Tensor | None = None,
         clean: torch.Tensor | None = None,
         noise_active: torch.Tensor | None = None,
+        source_length: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Spatial scenes `(B, C, S)`: the level-normalised dry source through its RIR, plus the normalised
         noise through its RIR(s) `(B, C, L)` or `(B, K, C, L)` at a random SNR (or the given `snr_db (B,)`;
         `clean (B,)` True drops the noise), measured where the noise plays (`noise_active (B, 2)`: start and
-        length; the whole clip when not given)."""
+        length; the whole clip when not given). `source_length (B,)`: the real samples of zero-padded sources,
+        over which their level is measured (as the original normalises before padding)."""
         config = self.config
-        scene = fft_convolve(normalize_level(source, config.level_dbfs), rir)
+        source_mask = None
+        if source_length is not None:
+            source_mask = active_mask(source.shape[-1], torch.stack([torch.zeros_like(source_length), source_length], 1),
+                                      source.device)
+        scene = fft_convolve(normalize_level(source, config.level_dbfs, source_mask), rir)
         batch, device = scene.shape[0], scene.device
         if noise is not None:
             if noise_rir is None:
@@ -161,7 +167,7 @@ class SceneBuilder:
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """Model inputs `(B * crops_per_clip, F, crop_frames, mels)` float32 from a collated batch."""
         scene = self.mix(batch["source"], batch["rir"], batch.get("noise"), batch.get("noise_rir"), generator,
-                         noise_active=batch.get("noise_active"))
+                         noise_active=batch.get("noise_active"), source_length=batch.get("source_length"))
         with torch.autocast(scene.device.type, enabled=False):  # features in float32 even under bf16 training
             features = self.feature_extractor.extract(scene.float())
         return self.random_crops(features, generator)

@@ -134,7 +134,7 @@ def test_noise_and_collation(tmp_path):
     assert batch["source"].shape == (8, 32000) and batch["noise"].shape == (8, 32000)
     assert batch["rir"].shape[-1] == 100 and batch["noise_rir"].shape == (8, 1, 2, 100)
     # Sources longer than a clip are cropped; shorter noise plays whole, at a random start, in silence.
-    assert torch.all(batch["source"] > 0)
+    assert torch.all(batch["source"] > 0) and torch.all(batch["source_length"] == 32000)
     for track, (start, length) in zip(batch["noise"], batch["noise_active"].tolist()):
         assert length == 9600 and torch.all(track[start : start + length] > 0)
         assert torch.all(track[:start] == 0) and torch.all(track[start + length :] == 0)

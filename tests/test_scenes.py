@@ -121,3 +121,14 @@ def test_builder_gives_model_inputs(num_channels, audio_channels):
     inputs = builder(batch, torch.Generator().manual_seed(0))
     assert inputs.shape == (32, num_channels, 200, 128) and inputs.dtype == torch.float32
     assert torch.isfinite(inputs).all()
+
+
+def test_short_sources_are_normalised_over_their_real_samples():
+    batch = _scene_batch(batch=2, seconds=1.0, taps=1)
+    batch["rir"] = torch.ones(2, 2, 1)  # identity: the scene is the normalised source on both channels
+    batch["source"][:, 12000:] = 0  # 12000 real samples, then zero padding
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig())
+    scene = builder.mix(batch["source"], batch["rir"], source_length=torch.tensor([12000, 12000]))
+    assert _level(scene[:, 0, :12000].numpy()) == pytest.approx(-14.0, abs=1e-3)
+    padded = builder.mix(batch["source"], batch["rir"])
+    assert _level(padded[:, 0].numpy()) == pytest.approx(-14.0, abs=1e-3)  # without lengths: the whole clip

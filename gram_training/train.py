@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from configuration_gram import GRAM_VARIANTS, GramConfig
@@ -87,8 +87,8 @@ class GramPretrainingArguments(TrainingArguments):
     warmup_steps: float = 10000
     max_steps: int = 500000
     max_grad_norm: float = 1.0
-    bf16: bool = field(default_factory=_has_cuda, metadata={"help": "bf16 mixed precision (default: on with CUDA)"})
-    torch_compile: bool = field(default_factory=_has_cuda, metadata={"help": "torch.compile (default: on with CUDA)"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (the command line turns it on with CUDA)"})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile (the command line turns it on with CUDA)"})
     save_steps: float = 10000
     logging_steps: float = 100
     remove_unused_columns: bool = False
@@ -161,9 +161,21 @@ def build_dataset(data_args: DataArguments, config: GramConfig, seed: int) -> Sc
                         config.sampling_rate, data_args.clip_seconds, seed)
 
 
+def with_gpu_defaults(argv: list[str], cuda: bool) -> list[str]:
+    """The paper's bf16 and torch.compile, on a CUDA machine, unless the command line sets them.
+    (HfArgumentParser ignores dataclass default factories for flags, so this is done on the arguments.)"""
+    if not cuda:
+        return argv
+    given = {arg.split("=")[0] for arg in argv}
+    extra = [item for flag in ("--bf16", "--torch_compile") if flag not in given for item in (flag, "true")]
+    return argv + extra
+
+
 def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, GramPretrainingArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, GramPretrainingArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not (len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))):
+        argv = with_gpu_defaults(argv, _has_cuda())
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         return loader(os.path.abspath(argv[0]))
@@ -173,6 +185,7 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, GramPretrainin
 def main(argv=None) -> GramPretrainer:
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)  # the model's initial weights too (Trainer seeds only once it exists)
     model = build_model(model_args)
     config = model.config
     feature_extractor = GramFeatureExtractor(num_channels=config.num_channels, sampling_rate=config.sampling_rate,

@@ -205,3 +205,15 @@ def test_bf16_mixed_precision_run(offline_data, tmp_path):
     trainer = main([*_data_args(offline_data), *_small_run(tmp_path / "bf16", 2), "--bf16", "true", "--use_cpu", "true"])
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
+
+
+def test_gpu_defaults_and_seeded_initial_weights(offline_data, tmp_path):
+    from gram_training.train import with_gpu_defaults
+
+    assert with_gpu_defaults(["--x", "1"], cuda=True) == ["--x", "1", "--bf16", "true", "--torch_compile", "true"]
+    assert with_gpu_defaults(["--bf16", "false"], cuda=True) == ["--bf16", "false", "--torch_compile", "true"]
+    assert with_gpu_defaults(["--x", "1"], cuda=False) == ["--x", "1"]
+    for name in ("a", "b"):  # same seed, learning rate 0: identical weights
+        main([*_data_args(offline_data), *_small_run(tmp_path / name, 1), "--learning_rate", "0"])
+    first, second = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)

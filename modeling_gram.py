@@ -246,7 +246,8 @@ class GramSelfAttention(nn.Module):
         """Additive attention bias `(1, heads, seq_len, seq_len)`, or None when every head is global."""
         if not self.relative_position_bias_tables:
             return None
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+            # (Inference-mode tensors in the cache could not be saved for a later backward pass either.)
             # Traced into the graph (constants for a fixed length): filling the cache while tracing would
             # invalidate the compiled graph's guards and force a recompilation.
             index, allowed = self._window_layout(seq_len, device)

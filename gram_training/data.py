@@ -232,6 +232,8 @@ class ImpulseResponseBank:
                 array = np.load(path, allow_pickle=False)
             except Exception as error:
                 raise BadAudioError(f"{path.name}: unreadable ({type(error).__name__}: {error})") from error
+            if not isinstance(array, np.ndarray):  # e.g. an .npz archive under an .npy name
+                raise BadAudioError(f"{path.name}: not a single array ({type(array).__name__})")
             if array.ndim == 3:
                 if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() or array.size == 0:
                     raise BadAudioError(f"{path.name}: expected finite floating-point impulse responses")

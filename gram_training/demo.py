@@ -260,6 +260,9 @@ def run_demo(output_dir, audio_format: str = "binaural", model: str | None = Non
         (staging / "results.json").write_text(json.dumps(summary, indent=1))
         for leftover in ("probes", "pretraining-data"):
             shutil.rmtree(staging / leftover, ignore_errors=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is ordinary output
         if output.exists():
             output.rmdir()
         staging.rename(output)

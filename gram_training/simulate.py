@@ -19,6 +19,7 @@ import argparse
 import ctypes
 import importlib.util
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -162,6 +163,9 @@ def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs:
             metadata.append({"file": f"rir{index:04d}.npy", **asdict(spec), "noise": [asdict(n) for n in noise_specs]})
         (staging / "rirs.json").write_text(json.dumps({"audio_format": audio_format, "sampling_rate": sampling_rate,
                                                        "rirs": metadata}, indent=1))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is ordinary output
         if output.exists():
             output.rmdir()
         staging.rename(output)

@@ -209,3 +209,15 @@ def test_shuffled_stream_partitions_records_across_shards(tmp_path, monkeypatch,
         share = total // num_shards + (shard < total % num_shards)
         seen += [int(round(float(np.median(next(records))) * 100)) - 1 for _ in range(share)]
     assert sorted(seen) == list(range(total))
+
+
+def test_archive_named_like_an_array_is_skipped(tmp_path):
+    sets = tmp_path / "noise_rirs"
+    sets.mkdir()
+    np.savez(sets / "bad.npz", a=np.ones((2, 8), np.float32))
+    (sets / "bad.npz").rename(sets / "bad.npy")
+    np.save(sets / "good.npy", np.ones((2, 8), np.float32))
+    bank = data.ImpulseResponseBank(sets, 2, 32000, several=True)
+    skipped = SkippedFiles()
+    draws = [bank.draw(np.random.default_rng(i), skipped) for i in range(6)]
+    assert all(d.shape == (1, 2, 8) for d in draws) and skipped.counts["impulse response"] >= 1

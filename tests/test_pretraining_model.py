@@ -183,3 +183,12 @@ def test_pretraining_step_compiles_as_one_graph(variant):
     # The next steps reuse the graph: nothing traced (such as a filled cache) invalidates it.
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled(torch.randn(3, model.config.num_channels, 200, 128)).loss.backward()
+
+
+def test_training_after_an_inference_mode_call():
+    model = GramForPreTraining(tiny_pretraining_config("binaural-frame"))
+    inputs = torch.randn(2, 2, 200, 128)
+    with torch.inference_mode():
+        model(inputs)
+    model(inputs).loss.backward()
+    assert model.decoder.mask_token.grad is not None

@@ -90,3 +90,10 @@ def test_write_pretraining_data_is_complete_and_atomic(tmp_path):
     with pytest.raises(ValueError, match="audio_format"):
         simulate.write_pretraining_data(tmp_path / "other", "surround", num_rirs=1)
     assert sorted(os.listdir(tmp_path)) == ["data"]  # nothing half-written beside it
+    assert (output.stat().st_mode & 0o077) == (0o777 & ~_umask() & 0o077)  # readable like any output
+
+
+def _umask():
+    current = os.umask(0)
+    os.umask(current)
+    return current

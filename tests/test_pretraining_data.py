@@ -181,7 +181,7 @@ def test_hub_streaming_source_shards_and_skips(tmp_path, monkeypatch, caplog):
             assert len(tags) == count
             seen.append(tags)
     assert set().union(*seen) == set(range(11)) and sum(map(len, seen)) == 11
-    assert skipped.counts["audio"] == 0 or "garbage" not in caplog.text
+    assert skipped.counts["audio"] == 0  # shard 3 has not reached its garbage record yet
     # The garbage record is skipped (with a warning) when shard 3 wraps around to its next epoch.
     records = source.records(3, 4, np.random.default_rng(0), 32000, skipped)
     [next(records) for _ in range(3)]

@@ -132,3 +132,20 @@ def test_short_sources_are_normalised_over_their_real_samples():
     assert _level(scene[:, 0, :12000].numpy()) == pytest.approx(-14.0, abs=1e-3)
     padded = builder.mix(batch["source"], batch["rir"])
     assert _level(padded[:, 0].numpy()) == pytest.approx(-14.0, abs=1e-3)  # without lengths: the whole clip
+
+
+def test_random_snr_spans_the_configured_range():
+    batch = _scene_batch(batch=200, seconds=0.05, taps=1)
+    batch["rir"] = torch.ones(200, 2, 1)
+    batch["noise_rir"] = torch.ones(200, 2, 1)
+    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(snr_db_min=5.0, snr_db_max=40.0,
+                                                                             clean_ratio=0.25))
+    scene = builder.mix(batch["source"], batch["rir"], batch["noise"], batch["noise_rir"],
+                        torch.Generator().manual_seed(0)).double().numpy()
+    source = np.stack([batch["source"].double().numpy()] * 2, axis=1)
+    source *= 10 ** (-14 / 20) / np.sqrt(np.mean(source**2, axis=(1, 2), keepdims=True))
+    residual_power = np.mean((scene - source) ** 2, axis=(1, 2))
+    clean = residual_power < 1e-9 * np.mean(source**2, axis=(1, 2))
+    snr = 10 * np.log10(np.mean(source[~clean] ** 2, axis=(1, 2)) / residual_power[~clean])
+    assert 0.15 < clean.mean() < 0.35
+    assert snr.min() >= 5 - 1e-3 and snr.max() <= 40 + 1e-3 and snr.min() < 10 and snr.max() > 35

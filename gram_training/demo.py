@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +36,8 @@ from transformers import Trainer, TrainingArguments
 from feature_extraction_gram import GramFeatureExtractor
 from gram_training.rooms import RoomSpec, direction_vector
 from gram_training.scenes import fft_convolve
-from gram_training.simulate import AUDIO_FORMATS, music_segments, noise_position, room_impulse_response, sound_effects
+from gram_training.simulate import (AUDIO_FORMATS, music_segments, noise_position, room_impulse_response, sound_effects,
+                                    staged_output)
 from modeling_gram import GramModel, angular_error_degrees
 
 logger = logging.getLogger(__name__)
@@ -231,12 +230,7 @@ def run_demo(output_dir, audio_format: str = "binaural", model: str | None = Non
              scenes_per_room: int = 6, pretraining_steps: int = 200, probe_epochs: int = 100, seed: int = 0) -> dict:
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
-    output = Path(output_dir)
-    if output.exists() and any(output.iterdir()):
-        raise FileExistsError(f"{output} exists and is not empty.")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_output(output_dir) as staging:
         logger.info("Rendering %d scenes in %d rooms (%s).", num_rooms * scenes_per_room, num_rooms, audio_format)
         scenes = render_scenes(audio_format, num_rooms, scenes_per_room, seed)
         model_dir = Path(model) if model else pretrain_tiny(audio_format, staging, pretraining_steps, seed)
@@ -260,15 +254,6 @@ def run_demo(output_dir, audio_format: str = "binaural", model: str | None = Non
         (staging / "results.json").write_text(json.dumps(summary, indent=1))
         for leftover in ("probes", "pretraining-data"):
             shutil.rmtree(staging / leftover, ignore_errors=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is ordinary output
-        if output.exists():
-            output.rmdir()
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
 
 

@@ -23,6 +23,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -116,6 +118,29 @@ def room_impulse_response(spec: RoomSpec, audio_format: str, sampling_rate: int 
     raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
 
 
+@contextmanager
+def staged_output(output_dir) -> Iterator[Path]:
+    """A temporary folder beside `output_dir` (which must be absent or empty) to write into; moved into place,
+    with ordinary permissions, only when the block completes, and removed on any error, so a failure never
+    leaves a half-written output."""
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"{output} exists and is not empty.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is ordinary output
+        if output.exists():
+            output.rmdir()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def noise_position(spec: RoomSpec, rng: np.random.Generator) -> RoomSpec:
     """Another random point of `spec`'s room, heard from the same listener position."""
     noise = RoomSpec.random(rng)
@@ -128,9 +153,6 @@ def noise_position(spec: RoomSpec, rng: np.random.Generator) -> RoomSpec:
 def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs: int = 32, seed: int = 0,
                            sampling_rate: int = 32000, with_speech: bool = True, noise_sources: int = 3) -> Path:
     """Write the offline pretraining material (see the module docstring) atomically to `output_dir`."""
-    output = Path(output_dir)
-    if output.exists() and any(output.iterdir()):
-        raise FileExistsError(f"{output} exists and is not empty.")
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
     if num_rirs < 1 or noise_sources < 1:
@@ -138,9 +160,7 @@ def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs:
     if audio_format == "binaural":
         load_kemar(sampling_rate)  # fail before writing anything if the HRIRs are missing
     rng = np.random.default_rng(seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_output(output_dir) as staging:
         for sub in ("sources", "noise", "rirs", "noise_rirs"):
             (staging / sub).mkdir()
         for name, _, audio in sound_effects(sampling_rate):
@@ -163,16 +183,7 @@ def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs:
             metadata.append({"file": f"rir{index:04d}.npy", **asdict(spec), "noise": [asdict(n) for n in noise_specs]})
         (staging / "rirs.json").write_text(json.dumps({"audio_format": audio_format, "sampling_rate": sampling_rate,
                                                        "rirs": metadata}, indent=1))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is ordinary output
-        if output.exists():
-            output.rmdir()
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output
+    return Path(output_dir)
 
 
 def main(argv=None) -> int:

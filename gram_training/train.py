@@ -13,7 +13,6 @@ or `accelerate launch`; each process (and each DataLoader worker) reads its own 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field

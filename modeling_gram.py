@@ -247,9 +247,9 @@ class GramSelfAttention(nn.Module):
         if not self.relative_position_bias_tables:
             return None
         if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
-            # (Inference-mode tensors in the cache could not be saved for a later backward pass either.)
-            # Traced into the graph (constants for a fixed length): filling the cache while tracing would
-            # invalidate the compiled graph's guards and force a recompilation.
+            # Not cached here: filled while tracing, the cache would invalidate the compiled graph's guards
+            # (a recompilation; the layout is traced as constants instead), and inference-mode tensors in it
+            # could not be saved for a later backward pass.
             index, allowed = self._window_layout(seq_len, device)
         else:
             key = (seq_len, device)

@@ -52,11 +52,15 @@ def find_audio_files(folder: str | os.PathLike, extensions: Sequence[str] = AUDI
     return files
 
 
-def _check_audio(audio: np.ndarray, name: str) -> np.ndarray:
+def _check_audio(audio: np.ndarray, name: str, sets: bool = False) -> np.ndarray:
+    """Finite float32 `(channels, samples)` audio (or, with `sets`, also `(sources, channels, samples)`)."""
+    if not isinstance(audio, np.ndarray):  # e.g. an .npz archive under an .npy name
+        raise BadAudioError(f"{name}: not a single array ({type(audio).__name__})")
     if audio.ndim == 1:
         audio = audio[None]
-    if audio.ndim != 2 or audio.size == 0:
-        raise BadAudioError(f"{name}: expected (samples,) or (channels, samples) audio, got shape {audio.shape}")
+    if audio.ndim not in ((2, 3) if sets else (2,)) or audio.size == 0:
+        expected = "(samples,), (channels, samples)" + (" or (sources, channels, samples)" if sets else "")
+        raise BadAudioError(f"{name}: expected {expected} audio, got shape {audio.shape}")
     if not np.issubdtype(audio.dtype, np.floating):
         raise BadAudioError(f"{name}: expected floating-point samples, got {audio.dtype}")
     if not np.isfinite(audio).all():
@@ -72,13 +76,14 @@ def _resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(audio), from_rate, to_rate).numpy()
 
 
-def read_audio(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
+def read_audio(path: str | os.PathLike, sampling_rate: int, sets: bool = False) -> np.ndarray:
     """`(channels, samples)` float32 at `sampling_rate`. `.npy` files hold `(samples,)` or `(channels,
-    samples)` floats already at `sampling_rate` (impulse responses, typically) and are read without pickle."""
+    samples)` floats already at `sampling_rate` (impulse responses, typically), or with `sets` also
+    `(sources, channels, samples)`, and are read without pickle."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".npy":
-            return _check_audio(np.load(path, allow_pickle=False), path.name)
+            return _check_audio(np.load(path, allow_pickle=False), path.name, sets)
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except BadAudioError:
         raise
@@ -227,21 +232,9 @@ class ImpulseResponseBank:
         self._cache: dict[int, np.ndarray | None] = {}
 
     def _read(self, path: Path) -> np.ndarray:
-        if self.several and path.suffix.lower() == ".npy":
-            try:
-                array = np.load(path, allow_pickle=False)
-            except Exception as error:
-                raise BadAudioError(f"{path.name}: unreadable ({type(error).__name__}: {error})") from error
-            if not isinstance(array, np.ndarray):  # e.g. an .npz archive under an .npy name
-                raise BadAudioError(f"{path.name}: not a single array ({type(array).__name__})")
-            if array.ndim == 3:
-                if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() or array.size == 0:
-                    raise BadAudioError(f"{path.name}: expected finite floating-point impulse responses")
-                rirs = array.astype(np.float32)
-            else:
-                rirs = _check_audio(array, path.name)[None]
-        else:
-            rirs = read_audio(path, self.sampling_rate)[None]
+        rirs = read_audio(path, self.sampling_rate, sets=self.several)
+        if rirs.ndim == 2:
+            rirs = rirs[None]
         if rirs.shape[1] != self.channels:
             raise BadAudioError(f"expected {self.channels} channels, got {rirs.shape[1]}")
         return rirs if self.several else rirs[0]

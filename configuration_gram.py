@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -26,6 +29,58 @@ GRAM_AUTO_MAP = {
     "AutoModelForAudioClassification": "modeling_gram.GramForAudioClassification",
     "AutoFeatureExtractor": "feature_extraction_gram.GramFeatureExtractor",
 }
+
+
+# Upper bounds far above any GRAM (ViT-B: 768 wide, 12 layers) that keep a corrupt or hostile config.json
+# from hanging or exhausting memory while the model is built.
+_INT_FIELDS = {  # name: (lowest, highest)
+    "num_channels": (1, 64),
+    "num_mel_bins": (1, 1024),
+    "chunk_frames": (1, 100_000),
+    "hidden_size": (4, 8192),
+    "num_hidden_layers": (1, 128),
+    "num_attention_heads": (1, 256),
+    "intermediate_size": (1, 65536),
+    "decoder_hidden_size": (4, 8192),
+    "decoder_num_hidden_layers": (1, 128),
+    "decoder_num_attention_heads": (1, 256),
+    "decoder_intermediate_size": (1, 65536),
+    "sampling_rate": (1000, 768_000),
+    "hop_length": (1, 100_000),
+    "chunk_batch_size": (1, 1 << 20),
+}
+_FLOAT_FIELDS = {  # name: (lowest, highest, lowest included)
+    "hidden_dropout_prob": (0.0, 1.0, True),
+    "attention_probs_dropout_prob": (0.0, 1.0, True),
+    "classifier_dropout": (0.0, 1.0, True),
+    "mask_ratio": (0.0, 1.0, True),
+    "layer_norm_eps": (0.0, 1.0, False),
+    "decoder_layer_norm_eps": (0.0, 1.0, False),
+    "spectrogram_norm_eps": (0.0, 1.0, False),
+    "initializer_range": (0.0, 10.0, True),
+}
+
+
+def _validated_fields(values: dict[str, Any]) -> None:
+    """Type and range checks with messages that name the field (config.json is user input)."""
+    for name, (low, high) in _INT_FIELDS.items():
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"GramConfig.{name} must be an int, got {type(value).__name__} {value!r}.")
+        if not low <= value <= high:
+            raise ValueError(f"GramConfig.{name} must be in [{low}, {high}], got {value}.")
+    for name, (low, high, closed) in _FLOAT_FIELDS.items():
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"GramConfig.{name} must be a number, got {type(value).__name__} {value!r}.")
+        if not (low <= value if closed else low < value) or not value < high:
+            interval = f"{'[' if closed else '('}{low}, {high})"
+            raise ValueError(f"GramConfig.{name} must be in {interval}, got {value}.")
+    for name in ("qkv_bias", "freeze_encoder"):
+        if not isinstance(values[name], bool):
+            raise TypeError(f"GramConfig.{name} must be true or false, got {values[name]!r}.")
+    if values["hidden_act"] not in ACT2FN:
+        raise ValueError(f"GramConfig.hidden_act must be one of transformers' activations, got {values['hidden_act']!r}.")
 
 
 class GramConfig(PretrainedConfig):
@@ -106,10 +161,14 @@ class GramConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.auto_map = {**GRAM_AUTO_MAP, **(auto_map or {})}
 
-        patch_size = tuple(int(p) for p in patch_size)
-        patch_stride = tuple(int(p) for p in (patch_stride if patch_stride is not None else patch_size))
-        if len(patch_size) != 2 or len(patch_stride) != 2:
-            raise ValueError(f"patch_size and patch_stride must be (mel_bins, frames) pairs, got {patch_size}, {patch_stride}.")
+        _validated_fields(locals())
+        patch_stride = patch_stride if patch_stride is not None else patch_size
+        for name, pair in (("patch_size", patch_size), ("patch_stride", patch_stride)):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(
+                isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pair
+            ):
+                raise ValueError(f"GramConfig.{name} must be a (mel_bins, frames) pair of positive ints, got {pair!r}.")
+        patch_size, patch_stride = tuple(patch_size), tuple(patch_stride)
         if num_mel_bins % patch_stride[0] or chunk_frames % patch_stride[1] or patch_size != patch_stride:
             raise ValueError(
                 f"Patches must tile the ({num_mel_bins} mel x {chunk_frames} frame) chunk without overlap: "
@@ -117,6 +176,11 @@ class GramConfig(PretrainedConfig):
             )
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}).")
+        if decoder_hidden_size % decoder_num_attention_heads:
+            raise ValueError(
+                f"decoder_hidden_size ({decoder_hidden_size}) must be divisible by decoder_num_attention_heads "
+                f"({decoder_num_attention_heads})."
+            )
         if hidden_size % 4:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by 4 for the 2-D sin-cos position embedding.")
         if decoder_window_sizes is None:
@@ -124,7 +188,11 @@ class GramConfig(PretrainedConfig):
             decoder_window_sizes = known.get(patch_size, [0] * decoder_num_attention_heads)
             if len(decoder_window_sizes) != decoder_num_attention_heads:
                 decoder_window_sizes = [0] * decoder_num_attention_heads
-        decoder_window_sizes = [int(w) for w in decoder_window_sizes]
+        if not isinstance(decoder_window_sizes, (list, tuple)) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= chunk_frames for w in decoder_window_sizes
+        ):
+            raise ValueError(f"GramConfig.decoder_window_sizes must be ints in [0, chunk_frames], got {decoder_window_sizes!r}.")
+        decoder_window_sizes = list(decoder_window_sizes)
         if len(decoder_window_sizes) != decoder_num_attention_heads:
             raise ValueError(
                 f"Expected one decoder window size per decoder head ({decoder_num_attention_heads}), "

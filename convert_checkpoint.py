@@ -11,11 +11,12 @@ Accepted inputs:
     huggingface_hub-mixin wrapper (`RuntimeGRAMT`: the same keys under `model.`, plus `mel_spec.*` buffers).
 
 The variant (feature channels from the patch convolution's input channels, patching from its kernel, the
-decoder windows from the relative-position tables) is read off the weights. Checkpoints are untrusted data:
-pickles are loaded with `weights_only=True`, or, for Lightning checkpoints that carry other objects, with a
-restricted unpickler that only materialises tensors and plain containers and turns every other object into
-an inert placeholder, so no code in the file ever runs. The output is written to a temporary directory,
-checked by loading it back, and only then moved into place.
+decoder windows from the relative-position tables) is read off the weights. Checkpoints are untrusted data
+(see safe_checkpoint.py and the README's Safety section): the file's pickle is interpreted without Python's
+or torch's unpickler, so no code in it runs; names and shapes are checked against the GRAM architecture
+before any tensor byte is read, and every byte of the weights comes from the file. The output is written
+through gram_io.staged_directory: checked by loading it back, then swapped into place atomically; nothing
+the converter did not write is ever deleted.
 """
 
 from __future__ import annotations
@@ -23,12 +24,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import pickle
 import re
-import shutil
 import sys
 import tempfile
-from collections import OrderedDict
 from typing import Any, Iterable
 
 import torch
@@ -39,7 +37,9 @@ if ROOT not in sys.path:
 
 from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS, GramConfig  # noqa: E402
 from feature_extraction_gram import GramFeatureExtractor, htk_mel_filterbank  # noqa: E402
+from gram_io import OUTPUT_MARKER, OutputDirectoryError, check_output_dir, staged_directory  # noqa: E402
 from modeling_gram import REMOTE_CODE_FILES, GramForPreTraining, GramModel  # noqa: E402
+from safe_checkpoint import CheckpointError, TensorSpec, read_checkpoint  # noqa: E402
 
 try:  # only needed for --push-to-hub
     from huggingface_hub import HfApi
@@ -47,89 +47,24 @@ except ImportError:  # pragma: no cover - huggingface_hub is a dependency of tra
     HfApi = None
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointError):
     """The checkpoint cannot be converted; the message says why and names the keys."""
 
 
 # ------------------------------------------------------------------------------------------------------
-# Safe loading
+# Safe loading (safe_checkpoint.py: no pickle machinery, tensors described before any byte is read)
 # ------------------------------------------------------------------------------------------------------
-class _InertObject:
-    """Stands in for any non-tensor object of an untrusted pickle: accepts its state, runs nothing."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _InertObject()
-
-
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
-    ("torch", "Size"): torch.Size,
-    ("torch", "device"): torch.device,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only tensor-rebuilding functions, dtypes and plain containers; anything else (classes,
-    functions such as `os.system`) becomes `_InertObject`, so a payload's `__reduce__` never runs."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module == "torch" and name.endswith("Storage") and name in dir(torch):
-            return getattr(torch, name)  # storage *types* (data come through persistent_load)
-        return _InertObject
-
-
-class _RestrictedPickleModule:
-    """A `pickle_module` for `torch.load`: torch keeps handling storages, we decide which globals exist."""
-
-    Unpickler = _RestrictedUnpickler
-    __name__ = "gram_restricted_pickle"
-
-    @staticmethod
-    def load(file, **kwargs):
-        return _RestrictedUnpickler(file, **kwargs).load()
-
-
-def load_untrusted_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], str]:
-    """Tensors of a checkpoint file, without executing any code from it. Returns (state dict, source kind)."""
+def load_untrusted_checkpoint(path: str) -> tuple[dict[str, TensorSpec], str]:
+    """Descriptions (`TensorSpec`: shape, dtype, `load()`) of a checkpoint's tensors and its source kind;
+    no code in the file runs and no tensor byte is read yet."""
     if not os.path.isfile(path):
-        raise ConversionError(f"Checkpoint not found: {path}")
+        raise ConversionError(f"Checkpoint not found (or not a regular file): {path}")
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return dict(load_file(path)), "safetensors"
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            kind = "pickle (weights_only)"
-        except pickle.UnpicklingError:
-            # Lightning checkpoints also hold hyper-parameters and loop state: materialise only their tensors.
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-            kind = "pickle (restricted loader)"
-    except Exception as error:  # corrupt, truncated or foreign files: say so instead of a traceback
-        raise ConversionError(f"Cannot read {path} as a checkpoint ({type(error).__name__}: {error})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj, kind = obj["state_dict"], kind + ", Lightning checkpoint"
-    if not isinstance(obj, dict) or not obj:
-        raise ConversionError(f"{path} holds no state dict (found {type(obj).__name__}).")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    others = sorted(k for k in obj if k not in tensors)
-    if others:
-        raise ConversionError(f"The state dict has entries that are not tensors: {others[:10]}")
-    return tensors, kind
+        return read_checkpoint(path)
+    except CheckpointError as error:
+        raise ConversionError(f"Cannot read {path} as a checkpoint: {error}") from None
+    except OSError as error:
+        raise ConversionError(f"Cannot read {path}: {error.strerror or error}") from None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -207,18 +142,38 @@ def map_original_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 
 # ------------------------------------------------------------------------------------------------------
-# Configuration from the weights
+# Configuration from the weights (shapes only: nothing is read or allocated before it is validated)
 # ------------------------------------------------------------------------------------------------------
+def _layer_count(mapped: dict[str, TensorSpec], pattern: str, what: str) -> int:
+    """Number of layers, whose indices must run 0..n-1 (a gap or a huge index is a broken checkpoint)."""
+    indices = {m.group(1) for k in mapped if (m := re.match(pattern, k))}
+    if not all(index.isascii() and index.isdigit() and len(index) <= 4 for index in indices):
+        raise ConversionError(f"Invalid {what} indices in the checkpoint: {sorted(indices)[:5]}")
+    numbers = sorted(int(index) for index in indices)
+    if numbers != list(range(len(numbers))):
+        missing = sorted(set(range(max(numbers, default=-1) + 1)) - set(numbers))
+        raise ConversionError(f"The checkpoint's {what}s are not numbered 0..n-1: missing {what} {missing[:10]}.")
+    return len(numbers)
+
+
+def _shape(mapped: dict[str, TensorSpec], key: str, dims: int) -> torch.Size:
+    if key not in mapped:
+        raise ConversionError(f"The checkpoint has no {key!r} (missing from the original GRAM's keys).")
+    shape = mapped[key].shape
+    if len(shape) != dims:
+        raise ConversionError(f"{key} has shape {tuple(shape)}; expected {dims} dimensions.")
+    return shape
+
+
 def infer_config(
-    mapped: dict[str, torch.Tensor],
+    mapped: dict[str, TensorSpec],
     audio_format: str | None = None,
     patching: str | None = None,
     num_attention_heads: int = 12,
     decoder_num_attention_heads: int = 8,
     encoder_only: bool = False,
 ) -> GramConfig:
-    conv = mapped["gram.embeddings.patch_embeddings.projection.weight"]  # (D, C, patch_f, patch_t)
-    hidden, channels, patch_f, patch_t = conv.shape
+    hidden, channels, patch_f, patch_t = _shape(mapped, "gram.embeddings.patch_embeddings.projection.weight", 4)
     formats = {v: k for k, v in GRAM_FORMATS.items()}
     if channels not in formats:
         raise ConversionError(f"Unsupported variant: the patch convolution takes {channels} channels; GRAM has 1, 2 or 7.")
@@ -228,12 +183,12 @@ def infer_config(
     for flag, inferred in (("format", (audio_format, formats[channels])), ("patching", (patching, patchings[(patch_f, patch_t)]))):
         if inferred[0] is not None and inferred[0] != inferred[1]:
             raise ConversionError(f"--{flag} {inferred[0]} contradicts the weights, which are {inferred[1]}.")
-    layers = {int(m.group(1)) for k in mapped if (m := re.match(r"gram\.encoder\.layer\.(\d+)\.", k))}
+    layers = _layer_count(mapped, r"gram\.encoder\.layer\.([^.]+)\.", "encoder layer")
     kwargs: dict[str, Any] = dict(
         hidden_size=hidden,
-        num_hidden_layers=len(layers),
+        num_hidden_layers=layers,
         num_attention_heads=num_attention_heads,
-        intermediate_size=mapped["gram.encoder.layer.0.mlp.fc1.weight"].shape[0] if layers else 4 * hidden,
+        intermediate_size=_shape(mapped, "gram.encoder.layer.0.mlp.fc1.weight", 2)[0] if layers else 4 * hidden,
     )
     if not encoder_only:
         if "decoder.decoder_embed.weight" not in mapped:
@@ -241,56 +196,71 @@ def infer_config(
                 "The checkpoint has no decoder (missing 'decoder_embed.weight'); pass --encoder-only to convert "
                 "the encoder alone."
             )
-        decoder_layers = {int(m.group(1)) for k in mapped if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
+        decoder_layers = _layer_count(mapped, r"decoder\.layers\.([^.]+)\.", "decoder block")
         _, default_windows = GRAM_PATCHINGS[patchings[(patch_f, patch_t)]]
         windows = list(default_windows) if decoder_num_attention_heads == len(default_windows) else [0] * decoder_num_attention_heads
-        tables = {
-            int(m.group(1)): v.shape[0]
-            for k, v in mapped.items()
-            if (m := re.fullmatch(r"decoder\.layers\.0\.attention\.relative_position_bias_tables\.(\d+)", k))
-        }
-        for head in range(len(windows)):  # read the windows off the tables: (2w - 1, 1) per windowed head
-            windows[head] = (tables[head] + 1) // 2 if head in tables else 0
+        tables = {}
+        for key, spec in mapped.items():
+            if m := re.fullmatch(r"decoder\.layers\.0\.attention\.relative_position_bias_tables\.(\d{1,3})", key):
+                tables[int(m.group(1))] = spec.shape[0] if len(spec.shape) == 2 else 0
         if tables and max(tables) >= len(windows):
             raise ConversionError(f"Relative-position tables for head {max(tables)} but {len(windows)} decoder heads.")
+        for head in range(len(windows)):  # read the windows off the tables: (2w - 1, 1) per windowed head
+            windows[head] = (tables[head] + 1) // 2 if head in tables else 0
         kwargs.update(
-            decoder_hidden_size=mapped["decoder.decoder_embed.weight"].shape[0],
-            decoder_num_hidden_layers=len(decoder_layers),
+            decoder_hidden_size=_shape(mapped, "decoder.decoder_embed.weight", 2)[0],
+            decoder_num_hidden_layers=decoder_layers,
             decoder_num_attention_heads=decoder_num_attention_heads,
-            decoder_intermediate_size=mapped["decoder.layers.0.mlp.fc1.weight"].shape[0] if decoder_layers else 2048,
+            decoder_intermediate_size=_shape(mapped, "decoder.layers.0.mlp.fc1.weight", 2)[0] if decoder_layers else 2048,
             decoder_window_sizes=windows,
         )
-    return GramConfig.from_variant(f"{formats[channels]}-{patchings[(patch_f, patch_t)]}", **kwargs)
+    try:  # GramConfig validates types and bounds (heads dividing the size, at most 128 layers, ...)
+        return GramConfig.from_variant(f"{formats[channels]}-{patchings[(patch_f, patch_t)]}", **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConversionError(f"The weights do not describe a valid GRAM: {error}") from None
 
 
-def check_derived_buffers(derived: dict[str, torch.Tensor], config: GramConfig) -> None:
+def _load_checked(key: str, spec: TensorSpec, shape: tuple[int, ...]) -> torch.Tensor:
+    """Reads one tensor whose shape was validated; refuses non-float and non-finite values."""
+    if tuple(spec.shape) != tuple(shape):
+        raise ConversionError(f"{key}: checkpoint {tuple(spec.shape)} vs expected {tuple(shape)}.")
+    tensor = spec.load()
+    if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
+        raise ConversionError(f"{key} holds NaN or Inf values; the checkpoint is corrupt (or from a diverged run).")
+    return tensor
+
+
+def check_derived_buffers(derived: dict[str, TensorSpec], config: GramConfig) -> None:
     """The original saves its mel filterbank, STFT window and relative-position indices: they must be the
     ones this package computes, or the converted model would not reproduce the original."""
     extractor = GramFeatureExtractor(num_channels=config.num_channels)
     expected_fb = htk_mel_filterbank(extractor.n_fft // 2 + 1, extractor.f_min, extractor.f_max, extractor.num_mel_bins, extractor.sampling_rate)
-    for key, value in derived.items():
+    for key, spec in derived.items():
         if key.endswith("mel_scale.fb"):
-            if value.shape != expected_fb.shape or not torch.allclose(value.float(), expected_fb, atol=1e-5):
+            if spec.shape != expected_fb.shape or not torch.allclose(spec.load().float(), expected_fb, atol=1e-5):
                 raise ConversionError(f"{key}: the checkpoint's mel filterbank differs from GRAM's (128 HTK mels, 50-16000 Hz).")
         elif key.endswith("spectrogram.window"):
             window = torch.hann_window(extractor.win_length)
-            if value.shape != window.shape or not torch.allclose(value.float(), window, atol=1e-6):
+            if spec.shape != window.shape or not torch.allclose(spec.load().float(), window, atol=1e-6):
                 raise ConversionError(f"{key}: the checkpoint's STFT window is not a {extractor.win_length}-sample Hann window.")
         else:
             match = RELATIVE_INDEX.fullmatch(key)
-            window = config.decoder_window_sizes[int(match.group(2))] if int(match.group(2)) < len(config.decoder_window_sizes) else 0
+            head = int(match.group(2)) if match.group(2).isascii() else -1
+            window = config.decoder_window_sizes[head] if 0 <= head < len(config.decoder_window_sizes) else 0
             position = torch.arange(window)
-            if window == 0 or not torch.equal(value.long(), position[:, None] - position[None, :] + window - 1):
+            expected = position[:, None] - position[None, :] + window - 1
+            if window == 0 or spec.shape != expected.shape or not torch.equal(spec.load().long(), expected):
                 raise ConversionError(f"{key}: unexpected relative-position index for window size {window}.")
 
 
-def build_model(mapped: dict[str, torch.Tensor], config: GramConfig, encoder_only: bool):
+def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool):
+    """Checks names and shapes against the architecture built on the meta device (no memory), then reads
+    the tensors and loads them into the real model."""
+    model_class = GramModel if encoder_only else GramForPreTraining
     if encoder_only:
-        model = GramModel(config)
         mapped = {k[len("gram."):]: v for k, v in mapped.items() if k.startswith("gram.")}
-    else:
-        model = GramForPreTraining(config)
-    expected = model.state_dict()
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
     missing = sorted(set(expected) - set(mapped))
     unexpected = sorted(set(mapped) - set(expected))
     if missing or unexpected:
@@ -298,10 +268,12 @@ def build_model(mapped: dict[str, torch.Tensor], config: GramConfig, encoder_onl
             "The checkpoint does not fit the inferred GRAM configuration "
             f"({config.audio_format}-{config.patching}): missing {missing[:20]}, unexpected {unexpected[:20]}."
         )
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in mapped.items() if v.shape != expected[k].shape]
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}" for k, v in mapped.items() if tuple(v.shape) != expected[k]]
     if mismatched:
         raise ConversionError(f"Shape mismatches: {mismatched[:20]}")
-    model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
+    weights = {k: _load_checked(k, spec, expected[k]).float() for k, spec in mapped.items()}
+    model = model_class(config)
+    model.load_state_dict(weights, strict=True)
     return model.eval()
 
 
@@ -394,37 +366,38 @@ def convert(
     encoder_only: bool = False,
     overwrite: bool = False,
     repo_id: str | None = None,
-) -> str:
-    """Converts `checkpoint` into `output_dir` atomically; returns the output directory."""
-    output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not overwrite:
-        raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it.")
-    state, _ = load_untrusted_checkpoint(checkpoint)
-    mapped, derived = map_original_keys(state)
+    dry_run: bool = False,
+) -> tuple[str, list[str]]:
+    """Converts `checkpoint` into `output_dir` atomically; returns the output directory and its files.
+    With `dry_run`, the conversion is made and verified in a temporary directory that is then removed:
+    nothing is written at `output_dir`."""
+    try:
+        output = str(check_output_dir(output_dir, [checkpoint], overwrite))
+    except OutputDirectoryError as error:
+        raise ConversionError(str(error)) from None
+    specs, _ = load_untrusted_checkpoint(checkpoint)
+    mapped, derived = map_original_keys(specs)
     config = infer_config(mapped, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only)
     check_derived_buffers(derived, config)
     model = build_model(mapped, config, encoder_only)
     config.architectures = [type(model).__name__]
 
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".gram-convert-", dir=parent)
+    def write(directory: str) -> list[str]:
+        model.save_pretrained(directory, safe_serialization=True)
+        GramFeatureExtractor(num_channels=config.num_channels).save_pretrained(directory)
+        write_model_card(directory, config, repo_id or os.path.basename(output), checkpoint, file_sha256(checkpoint))
+        _verify_saved(directory, model)
+        return upload_files(directory)
+
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="gram-convert-dry-run-") as scratch:
+            return output, write(scratch)
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        GramFeatureExtractor(num_channels=config.num_channels).save_pretrained(staging)
-        write_model_card(staging, config, repo_id or os.path.basename(output_dir), checkpoint, file_sha256(checkpoint))
-        _verify_saved(staging, model)
-        if os.path.exists(output_dir):
-            retired = tempfile.mkdtemp(prefix=".gram-old-", dir=parent)
-            os.replace(output_dir, os.path.join(retired, "old"))
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, output_dir)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+        with staged_directory(output, "convert_checkpoint", [checkpoint], overwrite) as staging:
+            files = write(str(staging))
+    except OutputDirectoryError as error:
+        raise ConversionError(str(error)) from None
+    return output, files
 
 
 def _verify_saved(directory: str, model) -> None:
@@ -443,23 +416,30 @@ def _verify_saved(directory: str, model) -> None:
 
 
 def upload_files(directory: str) -> list[str]:
+    """What a push uploads: every file but the local output marker."""
     return sorted(
         os.path.relpath(os.path.join(base, name), directory)
         for base, _, files in os.walk(directory)
         for name in files
+        if name != OUTPUT_MARKER
     )
 
 
-def push_to_hub(directory: str, repo_id: str, private: bool, dry_run: bool, commit_message: str) -> list[str]:
-    files = upload_files(directory)
-    if dry_run:
-        return files
+def push_to_hub(directory: str, repo_id: str, private: bool, commit_message: str) -> list[str]:
     if HfApi is None:  # pragma: no cover
         raise ConversionError("--push-to-hub needs huggingface_hub.")
     api = HfApi()  # token: HF_TOKEN in the environment or `hf auth login`
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(folder_path=directory, repo_id=repo_id, repo_type="model", commit_message=commit_message)
-    return files
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=directory, repo_id=repo_id, repo_type="model", commit_message=commit_message,
+                          ignore_patterns=[OUTPUT_MARKER])
+    except Exception as error:  # network, auth and Hub errors come as many types (httpx, HfHubHTTPError, ...)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(
+            f"Upload to {repo_id} failed ({type(error).__name__}: {reason}). The converted directory {directory} is "
+            "complete; push it later with `hf upload`."
+        ) from None
+    return upload_files(directory)
 
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
@@ -474,7 +454,7 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="create the Hub repo and upload the directory")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
-    parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
+    parser.add_argument("--dry-run", action="store_true", help="convert and verify in a temporary folder, list the files, write nothing")
     parser.add_argument("--commit-message", default="Upload GRAM converted with convert_checkpoint.py")
     return parser.parse_args(argv)
 
@@ -482,7 +462,7 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        directory = convert(
+        directory, files = convert(
             args.checkpoint,
             args.output_dir,
             audio_format=args.format,
@@ -492,16 +472,24 @@ def main(argv: Iterable[str] | None = None) -> int:
             encoder_only=args.encoder_only,
             overwrite=args.overwrite,
             repo_id=args.push_to_hub,
+            dry_run=args.dry_run,
         )
-        print(f"Converted {args.checkpoint} -> {directory}")
-        if args.push_to_hub:
-            files = push_to_hub(directory, args.push_to_hub, args.private, args.dry_run, args.commit_message)
-            verb = "Would upload" if args.dry_run else "Uploaded"
-            print(f"{verb} to {args.push_to_hub}{' (private)' if args.private else ''}:")
+        if args.dry_run:
+            target = f"{args.push_to_hub}{' (private)' if args.private else ''}" if args.push_to_hub else directory
+            print(f"Dry run: {args.checkpoint} converts and verifies; nothing was written. Would write to {target}:")
+        else:
+            print(f"Converted {args.checkpoint} -> {directory}")
+            if args.push_to_hub:
+                files = push_to_hub(directory, args.push_to_hub, args.private, args.commit_message)
+                print(f"Uploaded to {args.push_to_hub}{' (private)' if args.private else ''}:")
+        if args.dry_run or args.push_to_hub:
             for name in files:
                 print(f"  {name}")
-    except ConversionError as error:
+    except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the output location: permissions, a full disk, ...
+        print(f"error: {error.strerror or error}: {error.filename or args.output_dir}", file=sys.stderr)
         return 2
     return 0
 

@@ -109,7 +109,7 @@ def test_conversion_reproduces_the_original(variant, source, tmp_path, audio_cli
 
     names = set(os.listdir(output))
     assert names == {"config.json", "preprocessor_config.json", "model.safetensors", "README.md",
-                     "configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py"}
+                     "configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py", ".gram-output.json"}
     config = json.load(open(output / "config.json"))
     channels, fshape, tshape, windows = VARIANT_SHAPES[variant]
     assert (config["num_channels"], config["patch_size"], config["decoder_window_sizes"]) == (channels, [fshape, tshape], windows)
@@ -157,11 +157,15 @@ def test_pickle_payload_never_runs(tmp_path):
     assert not marker.exists() and not (tmp_path / "o2").exists()
 
 
-def test_plain_state_dict_loads_through_weights_only(tmp_path, monkeypatch):
+def test_plain_state_dict_is_described_then_read_exactly(tmp_path):
     checkpoint = tmp_path / "plain.pt"
-    torch.save(make_original("mono-frame").state_dict(), checkpoint)
-    state, kind = convert_checkpoint.load_untrusted_checkpoint(str(checkpoint))
-    assert kind == "pickle (weights_only)" and "cls_token" in state
+    state = make_original("mono-frame").state_dict()
+    torch.save(state, checkpoint)
+    specs, kind = convert_checkpoint.load_untrusted_checkpoint(str(checkpoint))
+    assert kind == "torch.save zip archive" and set(specs) == set(state)
+    for key, value in state.items():
+        assert specs[key].shape == value.shape and specs[key].dtype == value.dtype
+        assert torch.equal(specs[key].load(), value)
 
 
 def _convert_modified(tmp_path, modify, extra_args=()):
@@ -210,9 +214,14 @@ def test_failure_after_writing_leaves_nothing_and_existing_output_needs_overwrit
     assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 0
     assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
-    (output / "stale.txt").write_text("old")
+    (output / "notes.txt").write_text("the user's own file")
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS, "--overwrite"]) == 2
+    assert "did not write: notes.txt" in capsys.readouterr().err
+    assert (output / "notes.txt").read_text() == "the user's own file"
+    (output / "notes.txt").unlink()
+    (output / "model.safetensors").write_bytes(b"replaced by the user, still a file the converter wrote")
     assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS, "--overwrite"]) == 0
-    assert not (output / "stale.txt").exists()
+    assert (output / "model.safetensors").read_bytes()[:8] != b"replaced"
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "out"]
 
 
@@ -237,8 +246,11 @@ class FakeHubApi:
     def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
         self.calls.append(("create_repo", repo_id, private, exist_ok, repo_type))
 
-    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
-        self.calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path)), repo_type))
+    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None, ignore_patterns=None):
+        import fnmatch
+
+        uploaded = [n for n in sorted(os.listdir(folder_path)) if not any(fnmatch.fnmatch(n, p) for p in ignore_patterns or [])]
+        self.calls.append(("upload_folder", repo_id, uploaded, repo_type))
 
 
 def test_push_to_hub_and_dry_run(tmp_path, monkeypatch, capsys):
@@ -251,15 +263,16 @@ def test_push_to_hub_and_dry_run(tmp_path, monkeypatch, capsys):
     assert main([*args, "--output-dir", str(tmp_path / "dry"), "--dry-run"]) == 0
     assert FakeHubApi.calls == []
     printed = capsys.readouterr().out
-    assert "Would upload to me/gram-ambisonics-time" in printed and "model.safetensors" in printed
+    assert "nothing was written. Would write to me/gram-ambisonics-time" in printed and "model.safetensors" in printed
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]  # a dry run writes nothing, so the real run can follow
 
-    assert main([*args, "--output-dir", str(tmp_path / "real"), "--private"]) == 0
-    files = sorted(os.listdir(tmp_path / "real"))
+    assert main([*args, "--output-dir", str(tmp_path / "dry"), "--private"]) == 0
+    files = sorted(set(os.listdir(tmp_path / "dry")) - {".gram-output.json"})
     assert FakeHubApi.calls == [
         ("create_repo", "me/gram-ambisonics-time", True, True, "model"),
         ("upload_folder", "me/gram-ambisonics-time", files, "model"),
     ]
-    assert 'from_pretrained("me/gram-ambisonics-time"' in (tmp_path / "real" / "README.md").read_text()
+    assert 'from_pretrained("me/gram-ambisonics-time"' in (tmp_path / "dry" / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name, content", [("garbage.ckpt", b"not a checkpoint at all"), ("bad.safetensors", b"\x00" * 16)])

@@ -1,0 +1,233 @@
+"""Writing output directories without ever losing a user's files.
+
+Every command of the package that writes a directory (convert_checkpoint.py, export_onnx.py, embed_audio.py,
+the simulator and the demo) writes it through `staged_directory`:
+
+* the target is checked first: never the working directory or one of its parents, never a directory that
+  contains one of the command's inputs, never a symbolic link, a file, or a directory holding anything a
+  GRAM command did not write. Each output carries a marker (`.gram-output.json`) listing the files the
+  command wrote, so a later `--overwrite` can tell its own output from a user's files;
+* everything is written into a hidden staging directory beside the target, with the user's umask;
+* the finished directory replaces the old one in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`;
+  elsewhere two renames), so an interrupt at any moment leaves the old or the new directory complete;
+* then the old output is removed file by file, only the files its marker lists; an error or Ctrl-C
+  before that point removes the staging directory and leaves the old output untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_MARKER = ".gram-output.json"
+
+
+class OutputDirectoryError(ValueError):
+    """The output directory cannot be written safely; the message says why and what to do."""
+
+
+def _files_under(directory: Path) -> set[str]:
+    """Relative paths of everything under `directory` that is not a directory (files, links, pipes...)."""
+    found = set()
+    for base, dirs, files in os.walk(directory):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
+            found.add(os.path.relpath(os.path.join(base, name), directory))
+    return found
+
+
+def read_marker(directory: str | os.PathLike) -> dict | None:
+    """The marker of a previous GRAM output in `directory`, or None."""
+    try:
+        with open(os.path.join(directory, OUTPUT_MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+        return None
+    return marker
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    overwrite_flag: str | None = "--overwrite",
+) -> Path:
+    """The absolute output path, after refusing every target that could cost the user a file."""
+    path = Path(os.path.abspath(output_dir))
+    if path.is_symlink():
+        state = "a dangling symbolic link" if not path.exists() else "a symbolic link"
+        raise OutputDirectoryError(f"{path} is {state}; give the path of a real (new) directory.")
+    real = Path(os.path.realpath(path))
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if real == cwd or real in cwd.parents:
+        raise OutputDirectoryError(f"{path} is the working directory or one of its parents; choose a new directory.")
+    if real == Path(os.path.realpath(Path.home())):
+        raise OutputDirectoryError(f"{path} is your home directory; choose a new directory.")
+    for item in inputs:
+        source = Path(os.path.realpath(item))
+        if source == real or real in source.parents:
+            raise OutputDirectoryError(f"{path} contains the input {item}; choose an output directory elsewhere.")
+    if path.exists() or os.path.lexists(path):
+        if not path.is_dir():
+            raise OutputDirectoryError(f"{path} exists and is not a directory.")
+        existing = _files_under(path)
+        if existing:
+            if not overwrite:
+                hint = f"pass {overwrite_flag} to replace it" if overwrite_flag else "choose a new or empty directory"
+                raise OutputDirectoryError(f"{path} exists and is not empty; {hint}.")
+            marker = read_marker(path)
+            if marker is None:
+                raise OutputDirectoryError(
+                    f"{path} holds files that no GRAM command wrote (it has no {OUTPUT_MARKER}); it is not replaced. "
+                    "Choose another directory or move those files."
+                )
+            foreign = sorted(existing - set(marker["files"]) - {OUTPUT_MARKER})
+            if foreign:
+                raise OutputDirectoryError(
+                    f"{path} holds files the previous {marker.get('tool', 'GRAM')} run did not write: "
+                    f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; move them first."
+                )
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputDirectoryError(f"Cannot create {path}: {parent} is not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK) and not path.parent.exists():
+        raise OutputDirectoryError(f"Cannot create {path}: no permission to write in {parent}.")
+    if path.parent.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputDirectoryError(f"Cannot write {path}: no permission to write in {path.parent}.")
+    return path
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where that is unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _remove_own_files(directory: Path, files: Iterable[str]) -> None:
+    """Deletes the listed files of a retired output, then its empty folders; anything else stays."""
+    for name in sorted(set(files) | {OUTPUT_MARKER}):
+        target = directory / name
+        if os.path.lexists(target) and not target.is_dir():
+            target.unlink()
+    for base, _, _ in sorted(os.walk(directory), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(base)
+        except OSError:
+            pass
+    if directory.exists():
+        logger.warning("Left %s in place: it holds files this command did not write.", directory)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Holds SIGINT/SIGTERM while the output is swapped and the old one removed (delivered right after)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signals = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """`kill` cleans up like Ctrl-C does: SIGTERM raises SystemExit while the output is being written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def staged_directory(
+    output_dir: str | os.PathLike,
+    tool: str,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    overwrite_flag: str | None = "--overwrite",
+) -> Iterator[Path]:
+    """Yields a fresh staging directory; when the block completes, it becomes `output_dir` (see the module
+    docstring for the guarantees). An exception or interrupt inside the block removes the staging directory."""
+    inputs = list(inputs)
+    path = check_output_dir(output_dir, inputs, overwrite, overwrite_flag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    swapped = False
+    try:
+        with _sigterm_as_exit():
+            yield staging
+            written = sorted(_files_under(staging) - {OUTPUT_MARKER})
+            (staging / OUTPUT_MARKER).write_text(json.dumps({"tool": tool, "files": written}, indent=1) + "\n")
+            mask = _umask()
+            for base, dirs, files in os.walk(staging):  # mkdtemp and some writers make private files
+                os.chmod(base, 0o777 & ~mask)
+                for name in files:
+                    if not os.path.islink(os.path.join(base, name)):
+                        os.chmod(os.path.join(base, name), 0o666 & ~mask)
+            with _signals_blocked():
+                check_output_dir(path, inputs, overwrite, overwrite_flag)  # nothing foreign appeared meanwhile
+                old_files = (read_marker(path) or {"files": []})["files"] if path.is_dir() else None
+                if old_files is None:
+                    os.rename(staging, path)
+                    swapped = True
+                elif _exchange(staging, path):
+                    swapped = True
+                    _remove_own_files(staging, old_files)  # staging now holds the old output
+                else:
+                    retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.retired-", dir=path.parent))
+                    os.rename(path, retired / "old")
+                    os.rename(staging, path)
+                    swapped = True
+                    _remove_own_files(retired / "old", old_files)
+                    os.rmdir(retired)
+    except BaseException:
+        if not swapped and staging.exists():
+            _remove_tree_we_made(staging)
+        raise
+
+
+def _remove_tree_we_made(directory: Path) -> None:
+    """Removes a staging directory this process created (everything in it was written by this process)."""
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)

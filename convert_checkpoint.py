@@ -253,14 +253,15 @@ def check_derived_buffers(derived: dict[str, TensorSpec], config: GramConfig) ->
                 raise ConversionError(f"{key}: unexpected relative-position index for window size {window}.")
 
 
-def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool):
-    """Checks names and shapes against the architecture built on the meta device (no memory), then reads
-    the tensors and loads them into the real model."""
+def checked_shapes(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool) -> dict[str, tuple[int, ...]]:
+    """Checks names and shapes against the architecture built on the meta device (no memory, no bytes read);
+    returns the expected shape of every weight under the model's own names."""
     model_class = GramModel if encoder_only else GramForPreTraining
-    if encoder_only:
-        mapped = {k[len("gram."):]: v for k, v in mapped.items() if k.startswith("gram.")}
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    if encoder_only:
+        expected = {f"gram.{k}": v for k, v in expected.items()}
+        mapped = {k: v for k, v in mapped.items() if k.startswith("gram.")}
     missing = sorted(set(expected) - set(mapped))
     unexpected = sorted(set(mapped) - set(expected))
     if missing or unexpected:
@@ -271,8 +272,16 @@ def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only:
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}" for k, v in mapped.items() if tuple(v.shape) != expected[k]]
     if mismatched:
         raise ConversionError(f"Shape mismatches: {mismatched[:20]}")
-    weights = {k: _load_checked(k, spec, expected[k]).float() for k, spec in mapped.items()}
-    model = model_class(config)
+    return expected
+
+
+def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool):
+    """Reads the (validated) tensors and loads them into a real model."""
+    expected = checked_shapes(mapped, config, encoder_only)
+    weights = {k: _load_checked(k, mapped[k], shape).float() for k, shape in expected.items()}
+    if encoder_only:
+        weights = {k[len("gram."):]: v for k, v in weights.items()}
+    model = (GramModel if encoder_only else GramForPreTraining)(config)
     model.load_state_dict(weights, strict=True)
     return model.eval()
 
@@ -378,6 +387,7 @@ def convert(
     specs, _ = load_untrusted_checkpoint(checkpoint)
     mapped, derived = map_original_keys(specs)
     config = infer_config(mapped, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only)
+    checked_shapes(mapped, config, encoder_only)
     check_derived_buffers(derived, config)
     model = build_model(mapped, config, encoder_only)
     config.architectures = [type(model).__name__]

@@ -1,0 +1,333 @@
+"""Hostile and broken checkpoints: each test builds the attack or mistake by hand, shows it is live where
+that can be shown (torch's own loaders fall for it), and checks the converter refuses it with a one-line
+error, runs nothing, writes nothing and reads no byte before names and shapes are validated."""
+
+import io
+import math
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_convert_checkpoint import HEADS, make_original
+
+import convert_checkpoint
+import safe_checkpoint
+from convert_checkpoint import main
+from safe_checkpoint import CheckpointError, read_checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hand-assembled pickles
+# ----------------------------------------------------------------------------------------------------------
+def unicode(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def global_(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def zip_checkpoint(path, data_pkl: bytes, records: dict[str, bytes] | None = None, root="archive", **zip_kwargs):
+    with zipfile.ZipFile(path, "w", **zip_kwargs) as archive:
+        archive.writestr(f"{root}/data.pkl", data_pkl)
+        archive.writestr(f"{root}/byteorder", "little")
+        for key, data in (records or {}).items():
+            archive.writestr(f"{root}/data/{key}", data)
+    return path
+
+
+def tensor_pickle(shape, stride, numel, offset=0, storage=b"FloatStorage", key="0") -> bytes:
+    """{'w': _rebuild_tensor_v2(<storage key, numel>, offset, shape, stride, False, OrderedDict())}"""
+    def ints(values):
+        return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+    pid = b"(" + unicode("storage") + global_("torch", storage.decode()) + unicode(key) + unicode("cpu") + b"J" + struct.pack("<i", numel) + b"tQ"
+    args = b"(" + pid + b"J" + struct.pack("<i", offset) + ints(shape) + ints(stride) + b"\x89" + global_("collections", "OrderedDict") + b")Rt"
+    return b"\x80\x02}(" + unicode("w") + global_("torch._utils", "_rebuild_tensor_v2") + args + b"Ru."
+
+
+def legacy_patch_attack() -> bytes:
+    """A legacy (pre-zip) torch pickle that BUILDs `dump_patches` onto an allowed function and passes it in a
+    ('module', obj, source, text) persistent id: torch's legacy loader then writes a .patch file."""
+    out = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                  "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(header, out, protocol=2)
+    body = b"\x80\x02" + global_("torch._utils", "_rebuild_parameter_with_state") + b"q\x00"
+    body += b"}(" + unicode("dump_patches") + b"\x88ub0"  # BUILD: set an attribute on the function
+    body += b"(" + unicode("module") + b"h\x00" + unicode("a.py") + unicode("ATTACKER TEXT\n") + b"tQ0"
+    body += b"}(" + unicode("state_dict") + b"}u."
+    out.write(body)
+    pickle.dump([], out, protocol=2)
+    return out.getvalue()
+
+
+def run_converter(capsys, checkpoint, output, *extra):
+    code = main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS, *extra])
+    err = capsys.readouterr().err
+    return code, err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Critical: nothing in the file runs or writes
+# ----------------------------------------------------------------------------------------------------------
+def test_legacy_pickle_file_write_attack_is_live_for_torch_and_refused_here(tmp_path, capsys):
+    checkpoint = tmp_path / "evil.pt"
+    checkpoint.write_bytes(legacy_patch_attack())
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    # The attack is real: torch's legacy loader writes the attacker's text into the working directory.
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(checkpoint)!r}, weights_only=False)"],
+                   cwd=victim, capture_output=True, check=False)
+    written = list(victim.iterdir())
+    assert written and "ATTACKER TEXT" in written[0].read_text()
+    written[0].unlink()
+
+    os.chdir(victim)
+    code, err = run_converter(capsys, checkpoint, tmp_path / "out")
+    assert code == 2 and "legacy (pre-zip" in err and err.count("\n") == 1
+    assert list(victim.iterdir()) == [] and not (tmp_path / "out").exists()
+    assert not hasattr(torch._utils._rebuild_parameter_with_state, "dump_patches")
+
+
+@pytest.mark.parametrize("payload, message", [
+    # BUILD on an allowed function (zip format this time)
+    (b"\x80\x02" + global_("torch._utils", "_rebuild_parameter_with_state") + b"}(" + unicode("dump_patches") + b"\x88ub.",
+     "sets the state of a _Global"),
+    # the ('module', obj, source, text) persistent id
+    (b"\x80\x02(" + unicode("module") + global_("torch._utils", "_rebuild_parameter") + unicode("a.py") + unicode("x") + b"tQ.",
+     "external object of kind 'module'"),
+    # SETITEM onto a function
+    (b"\x80\x02" + global_("torch._utils", "_rebuild_tensor") + unicode("k") + unicode("v") + b"s.", "sets items on a _Global"),
+    # os.system through REDUCE: becomes an inert placeholder, never called
+    (b"\x80\x02" + global_("os", "system") + unicode("touch PWNED") + b"\x85R.", "no state dict"),
+    # a storage type called directly (uninitialised memory in torch) instead of a record of the file
+    (b"\x80\x02}(" + unicode("w") + global_("torch._utils", "_rebuild_tensor_v2") + b"(" + global_("torch", "FloatStorage")
+     + b"J\x00\x10\x00\x00\x85RJ\x00\x00\x00\x00J\x00\x10\x00\x00\x85K\x01\x85\x89" + global_("collections", "OrderedDict")
+     + b")RtRu.", "not a storage record"),
+    # EXT opcodes, INST/OBJ and other opcodes checkpoints never use
+    (b"\x80\x02\x82\x01.", "opcode"),
+    (b"\x80\x02(" + b"ios\nsystem\n" + b".", "opcode"),
+])
+def test_pickle_tricks_in_zip_checkpoints_are_refused(payload, message, tmp_path, capsys):
+    checkpoint = zip_checkpoint(tmp_path / "evil.ckpt", payload)
+    os.chdir(tmp_path)
+    code, err = run_converter(capsys, checkpoint, tmp_path / "out")
+    assert code == 2 and message in err, err
+    assert sorted(os.listdir(tmp_path)) == ["evil.ckpt"]
+    assert not hasattr(torch._utils._rebuild_parameter_with_state, "dump_patches")
+
+
+def test_torchscript_archives_are_refused(tmp_path, capsys):
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    code, err = run_converter(capsys, tmp_path / "scripted.pt", tmp_path / "out")
+    assert code == 2 and "TorchScript" in err
+
+
+def test_deep_nesting_is_refused_before_it_can_overflow_the_stack(tmp_path, capsys):
+    # A million nested 1-tuples used as a dict key: hashing it would recurse a million levels deep.
+    payload = b"\x80\x02}" + b"N" + b"\x85" * 1_000_000 + b"Ns."
+    code, err = run_converter(capsys, zip_checkpoint(tmp_path / "deep.ckpt", payload), tmp_path / "out")
+    assert code == 2 and "nests containers more than" in err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# High: every byte comes from the file
+# ----------------------------------------------------------------------------------------------------------
+def test_record_sizes_must_match_and_conversions_are_byte_identical(tmp_path, capsys):
+    # A record shorter than its storage declares: refused (no padding with whatever memory holds).
+    short = zip_checkpoint(tmp_path / "short.ckpt", tensor_pickle((4,), (1,), numel=4), {"0": b"\x00" * 8})
+    with pytest.raises(CheckpointError, match="holds 8 bytes; its tensors declare 16"):
+        read_checkpoint(str(short))[0]["w"].load()
+    # A view reaching past its storage: refused when described.
+    with pytest.raises(CheckpointError, match="past the end"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "past.ckpt", tensor_pickle((4,), (1,), numel=4, offset=2), {"0": b"\x00" * 16})))
+
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": make_original("binaural-time").state_dict()}, checkpoint)
+    assert run_converter(capsys, checkpoint, tmp_path / "a")[0] == 0
+    assert run_converter(capsys, checkpoint, tmp_path / "b")[0] == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_storage_views_and_dtypes_are_rebuilt_exactly(tmp_path):
+    base = torch.randn(6, 5)
+    state = {"t": base.t(), "slice": base[1:4, ::2], "expand": torch.ones(3).expand(4, 3), "bf16": base.bfloat16(),
+             "int": torch.arange(7), "bool": base > 0, "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
+    torch.save(state, tmp_path / "views.pt")
+    specs, _ = read_checkpoint(str(tmp_path / "views.pt"))
+    for key, value in state.items():
+        loaded = specs[key].load()
+        assert loaded.dtype == value.dtype and torch.equal(loaded, value), key
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Medium: bounded before allocating, clear errors for broken checkpoints
+# ----------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_byte_reads(monkeypatch):
+    def refuse(self):
+        raise AssertionError("a tensor was read before its name and shape were validated")
+
+    monkeypatch.setattr(safe_checkpoint.TensorSpec, "load", refuse)
+
+
+def test_stride_zero_tensors_with_huge_shapes_are_refused_unread(tmp_path, no_byte_reads):
+    checkpoint = zip_checkpoint(tmp_path / "huge.ckpt", tensor_pickle((1 << 20, 1 << 20), (0, 0), numel=1), {"0": b"\0" * 4})
+    with pytest.raises(CheckpointError, match="more than the"):
+        read_checkpoint(str(checkpoint))
+
+
+def _state_with(modify):
+    state = {k: v.clone() for k, v in make_original("binaural-frame").state_dict().items()}
+    modify(state)
+    return state
+
+
+@pytest.mark.parametrize("modify, message", [
+    # 3,000 layers declared by (zero-stride, tiny) tensors: refused from the names, nothing read or built
+    (lambda s: s.update({f"encoder.layers.encoder_layer_{i}.ln_1.weight": torch.zeros(1).expand(64) for i in range(2, 3000)}),
+     "num_hidden_layers must be in"),
+    (lambda s: s.update({"encoder.layers.encoder_layer_99.ln_1.weight": torch.zeros(64)}), "missing encoder layer \\[2,"),
+    (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(1).expand(8192, 2, 16, 8)}), "Shape mismatches|not fit"),
+    (lambda s: s.pop("encoder.layers.encoder_layer_0.mlp.0.weight"), "no 'gram.encoder.layer.0.mlp.fc1.weight'"),
+])
+def test_architecture_is_validated_before_any_tensor_is_read(modify, message, tmp_path, capsys, no_byte_reads):
+    torch.save({"state_dict": _state_with(modify)}, tmp_path / "ckpt.pt")
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "out")
+    assert code == 2 and pytest.importorskip("re").search(message, err), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_heads_not_dividing_the_width_nan_weights_and_non_string_keys(tmp_path, capsys):
+    torch.save({"state_dict": _state_with(lambda s: None)}, tmp_path / "ok.pt")
+    code, err = main(["--checkpoint", str(tmp_path / "ok.pt"), "--output-dir", str(tmp_path / "o"), "--num-attention-heads", "5"]), capsys.readouterr().err
+    assert code == 2 and "must be divisible by num_attention_heads (5)" in err
+
+    def poison(s):
+        s["encoder.layers.encoder_layer_1.mlp.3.weight"][0, 0] = float("nan")
+
+    torch.save({"state_dict": _state_with(poison)}, tmp_path / "nan.pt")
+    code, err = run_converter(capsys, tmp_path / "nan.pt", tmp_path / "o")
+    assert code == 2 and "gram.encoder.layer.1.mlp.fc2.weight holds NaN or Inf" in err
+
+    torch.save({"state_dict": {**_state_with(lambda s: None), 3: torch.zeros(1)}}, tmp_path / "keys.pt")
+    code, err = run_converter(capsys, tmp_path / "keys.pt", tmp_path / "o")
+    assert code == 2 and "not strings" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_upper_case_safetensors_and_zip_bombs(tmp_path, capsys):
+    original = make_original("mono-time")
+    save_file({k: v.contiguous() for k, v in original.state_dict().items()}, str(tmp_path / "MODEL.SAFETENSORS"))
+    assert run_converter(capsys, tmp_path / "MODEL.SAFETENSORS", tmp_path / "out")[0] == 0
+
+    # A deflated record that declares 16 bytes but inflates to 100 MB: read up to what it declares, then refused.
+    bomb = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", tensor_pickle((4,), (1,), numel=4))
+        archive.writestr("archive/data/0", b"\0" * (100 << 20))
+    raw = bytearray(bomb.read_bytes())
+    for signature in (b"PK\x03\x04", b"PK\x01\x02"):  # rewrite the declared size of data/0 in both headers
+        start = 0
+        while (start := raw.find(signature, start)) >= 0:
+            name_at = start + (30 if signature == b"PK\x03\x04" else 46)
+            size_at = start + (22 if signature == b"PK\x03\x04" else 24)
+            name_len = struct.unpack("<H", raw[start + (26 if signature == b"PK\x03\x04" else 28):][:2])[0]
+            if raw[name_at:name_at + name_len] == b"archive/data/0":
+                raw[size_at:size_at + 4] = struct.pack("<I", 16)
+            start += 4
+    bomb.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt|declares|truncated"):
+        read_checkpoint(str(bomb))[0]["w"].load()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hub push and output-directory mistakes
+# ----------------------------------------------------------------------------------------------------------
+def test_push_without_network_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    class OfflineApi:
+        def create_repo(self, *args, **kwargs):
+            import httpx
+
+            raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(convert_checkpoint, "HfApi", OfflineApi)
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "out", "--push-to-hub", "me/x")
+    lines = [line.split("\r")[-1] for line in err.split("\n") if line.split("\r")[-1]]  # progress bars aside
+    assert code == 2 and "Traceback" not in err and "Upload to me/x failed (ConnectError" in lines[-1]
+    assert [line for line in lines if "it/s]" not in line] == [lines[-1]]
+    assert (tmp_path / "out" / "model.safetensors").exists()  # the conversion itself is kept
+
+
+def test_output_directory_mistakes_never_cost_a_file(tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    checkpoint = work / "ckpt.pt"
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, checkpoint)
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for target, message in [(".", "working directory"), ("..", "working directory or one of its parents"),
+                            (str(work), "working directory")]:
+        code, err = run_converter(capsys, checkpoint, target, "--overwrite")
+        assert code == 2 and message in err
+    monkeypatch.chdir(tmp_path)
+    code, err = run_converter(capsys, checkpoint, work, "--overwrite")  # holds the input
+    assert code == 2 and "contains the input" in err
+    (tmp_path / "file").write_text("x")
+    assert "is not a directory" in run_converter(capsys, checkpoint, tmp_path / "file")[1]
+    assert "is not a directory" in run_converter(capsys, checkpoint, tmp_path / "file" / "sub")[1]
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    assert "dangling symbolic link" in run_converter(capsys, checkpoint, tmp_path / "dangling")[1]
+    assert sorted(os.listdir(work)) == ["ckpt.pt", "notes.txt"] and (work / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "file", "work"]
+
+
+def test_outputs_follow_the_umask(tmp_path, capsys):
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    previous = os.umask(0o022)
+    try:
+        assert run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "out")[0] == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert all((tmp_path / "out" / name).stat().st_mode & 0o777 == 0o644 for name in os.listdir(tmp_path / "out"))
+
+
+INTERRUPTIBLE = """
+import sys, time
+sys.path[:0] = {paths!r}
+import gram_io
+with gram_io.staged_directory({output!r}, "test", overwrite=True) as staging:
+    for i in range(40):
+        (staging / f"part{{i}}.txt").write_text("new" * 1000)
+        time.sleep(0.005)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_interrupts_leave_the_old_or_the_new_output_complete(sig, tmp_path):
+    import signal
+    import time
+
+    output = tmp_path / "out"
+    script = INTERRUPTIBLE.format(paths=sys.path[:3], output=str(output))
+    subprocess.run([sys.executable, "-c", script], check=True)  # a complete previous output
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4):
+        process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+        time.sleep(0.5 + delay)  # interpreter start-up, then somewhere inside the writes or the swap
+        process.send_signal(getattr(signal, sig))
+        process.wait()
+        names = sorted(os.listdir(output))
+        assert names == sorted([".gram-output.json", *(f"part{i}.txt" for i in range(40))]), names
+        assert {(output / n).read_text() for n in names if n.startswith("part")} == {"new" * 1000}
+        if sig == "SIGINT":  # a clean interrupt leaves no hidden staging directory behind
+            assert sorted(os.listdir(tmp_path)) == ["out"]

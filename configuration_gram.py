@@ -248,6 +248,19 @@ class GramConfig(PretrainedConfig):
         defaults.update(kwargs)
         return cls(**defaults)
 
+    def check_feature_extractor(self, extractor) -> None:
+        """Raises ValueError when a feature extractor's settings disagree with this model's: the features would
+        not be what the model was trained on, or timestamps would be silently shifted."""
+        pairs = [
+            ("num_channels", self.num_channels, getattr(extractor, "num_channels", None)),
+            ("num_mel_bins", self.num_mel_bins, getattr(extractor, "num_mel_bins", None)),
+            ("sampling_rate", self.sampling_rate, getattr(extractor, "sampling_rate", None)),
+            ("hop_length", self.hop_length, getattr(extractor, "hop_length", None)),
+        ]
+        different = [f"{name}: model {ours}, extractor {theirs}" for name, ours, theirs in pairs if ours != theirs]
+        if different:
+            raise ValueError(f"The feature extractor does not match the model ({'; '.join(different)}).")
+
     @property
     def grid_size(self) -> tuple[int, int]:
         """(frequency, time) patches per chunk."""

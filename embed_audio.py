@@ -3,19 +3,27 @@
     python embed_audio.py recordings/ clip.wav --model path/to/gram --output-dir embeddings
     python embed_audio.py data/ --model DIR --output-dir out --format parquet --strategy mean --timestamps
 
-Reads wav/flac/ogg/mp3 with soundfile (folders recursively), at 32 kHz (other rates with --resample),
-in batches on the chosen device and dtype. Writes, per input file, the clip embedding ("scene") and with
---timestamps the time-resolved embeddings ("steps") and their times in ms ("timestamps"):
-  npy          <output-dir>/<relative path>.npy (+ .steps.npy, .timestamps.npy)
-  safetensors  <output-dir>/<relative path>.safetensors (tensors scene, steps, timestamps)
-  parquet      <output-dir>/embeddings.parquet (one row per file; needs pyarrow)
-Files that cannot be read are skipped, with a summary at the end (exit code 1 if nothing was embedded).
+Reads wav/flac/ogg/mp3 with soundfile (regular files only; folders recursively), at 32 kHz (other rates
+with --resample), in batches on the chosen device and dtype. Every input keeps its own name under the
+output directory, so two inputs can never write the same output: a folder `recordings/` is mirrored as
+`<output-dir>/recordings/...`, a file `clip.wav` becomes `<output-dir>/clip.wav.*`. Two inputs with the same
+name (`a/x.wav` and `b/x.wav`, or two folders called `data`) are refused before anything is written.
+Writes, per input file, the clip embedding ("scene") and with --timestamps the time-resolved embeddings
+("steps") and their times in ms ("timestamps"):
+  npy          <output-dir>/<input name>/<relative path>.npy (+ .steps.npy, .timestamps.npy), e.g.
+               embeddings/recordings/sub/a.wav.npy for recordings/sub/a.wav
+  safetensors  <output-dir>/<input name>/<relative path>.safetensors (tensors scene, steps, timestamps)
+  parquet      <output-dir>/embeddings.parquet (one row per file, "path" = the same relative name)
+The output directory is written as a whole (gram_io.staged_directory): it appears complete or not at all,
+and --overwrite replaces only a previous output of this command. Files that cannot be read, and clips whose
+embeddings would not be finite, are skipped, with a summary at the end (exit code 1 if nothing was embedded).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -27,7 +35,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from configuration_gram import POOLING_STRATEGIES  # noqa: E402
-from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
+from feature_extraction_gram import GramFeatureExtractor, resample_audio  # noqa: E402
+from gram_io import OutputDirectoryError, check_output_dir, staged_directory  # noqa: E402
 from modeling_gram import GramModel  # noqa: E402
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -37,25 +46,57 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class AudioFile:
     path: str
-    relative: str  # output name, relative to its input folder
+    relative: str  # output name: the input's own name, then the path below it
+
+
+def _is_regular_file(path: str) -> bool:
+    """True for regular files (and links to them); named pipes, devices and sockets would block or never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def find_audio_files(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str, str]]]:
-    files, skipped = [], []
+    """Audio files of `inputs` with collision-free output names; raises ValueError when two inputs share a
+    name (before anything is read or written)."""
+    files, skipped, seen = [], [], set()
+    roots: dict[str, str] = {}
     for item in inputs:
+        real = os.path.realpath(item)
+        if real in seen:
+            skipped.append((item, "given twice (embedded once)"))
+            continue
+        name = os.path.basename(os.path.normpath(os.path.abspath(item)))
         if os.path.isdir(item):
-            for base, _, names in sorted(os.walk(item)):
-                for name in sorted(names):
-                    if name.lower().endswith(AUDIO_EXTENSIONS):
-                        path = os.path.join(base, name)
-                        files.append(AudioFile(path, os.path.relpath(path, item)))
-        elif os.path.isfile(item):
-            if item.lower().endswith(AUDIO_EXTENSIONS):
-                files.append(AudioFile(item, os.path.basename(item)))
-            else:
+            found = []
+            for base, dirs, names in os.walk(item):
+                dirs.sort()
+                for entry in sorted(names):
+                    path = os.path.join(base, entry)
+                    if not entry.lower().endswith(AUDIO_EXTENSIONS):
+                        continue
+                    if not _is_regular_file(path):
+                        skipped.append((path, "not a regular file"))
+                        continue
+                    found.append(AudioFile(path, os.path.join(name, os.path.relpath(path, item))))
+        elif os.path.exists(item):
+            if not _is_regular_file(item):
+                skipped.append((item, "not a regular file"))
+                continue
+            if not item.lower().endswith(AUDIO_EXTENSIONS):
                 skipped.append((item, f"not a {'/'.join(AUDIO_EXTENSIONS)} file"))
+                continue
+            found = [AudioFile(item, name)]
         else:
             skipped.append((item, "no such file or folder"))
+            continue
+        if name in roots:
+            raise ValueError(f"{item} and {roots[name]} would both be written as {name!r} in the output directory; "
+                             "rename one of them or embed them in separate runs.")
+        roots[name] = item
+        seen.add(real)
+        files.extend(found)
     return files, skipped
 
 
@@ -73,9 +114,7 @@ def read_audio(path: str, sampling_rate: int, resample: bool) -> np.ndarray:
     if rate != sampling_rate:
         if not resample:
             raise ValueError(f"{rate} Hz, expected {sampling_rate} Hz (pass --resample)")
-        import torchaudio.functional as AF
-
-        audio = AF.resample(torch.from_numpy(audio), rate, sampling_rate).numpy()
+        audio = resample_audio(audio, rate, sampling_rate)
     return audio
 
 
@@ -112,50 +151,77 @@ class Writer:
             pq.write_table(pa.Table.from_pylist(self.rows), os.path.join(self.output_dir, "embeddings.parquet"))
 
 
-def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
-    from tqdm.auto import tqdm
+class _NothingEmbedded(Exception):
+    """Nothing could be embedded: the staged output is discarded instead of leaving an empty directory."""
 
-    files, skipped = find_audio_files(args.inputs)
+
+def load_model(args: argparse.Namespace) -> tuple[GramModel, GramFeatureExtractor]:
     model = GramModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
     try:
         extractor = GramFeatureExtractor.from_pretrained(args.model)
     except OSError:
         extractor = GramFeatureExtractor(num_channels=model.config.num_channels)
-    os.makedirs(args.output_dir, exist_ok=True)
-    writer = Writer(args.output_dir, args.format)
+    model.config.check_feature_extractor(extractor)
+    if args.layer is not None and not 0 <= args.layer <= model.config.num_hidden_layers:
+        raise ValueError(f"--layer must be in [0, {model.config.num_hidden_layers}] for this model, got {args.layer}.")
+    return model, extractor
+
+
+def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
+    """Embeds every input into a staged output directory; returns (files embedded, skipped with reasons)."""
+    from tqdm.auto import tqdm
+
+    # Everything that can be refused is refused before the first file is read or anything is written.
+    check_output_dir(args.output_dir, args.inputs, args.overwrite)
+    files, skipped = find_audio_files(args.inputs)
+    model, extractor = load_model(args)
     done = 0
-    batch: list[tuple[AudioFile, np.ndarray]] = []
+    try:
+        with staged_directory(args.output_dir, "embed_audio", args.inputs, args.overwrite) as staging:
+            writer = Writer(str(staging), args.format)
+            batch: list[tuple[AudioFile, np.ndarray]] = []
+            progress = tqdm(total=len(files), desc="embedding", unit="file", disable=args.quiet)
 
-    def flush():
-        nonlocal done
-        if not batch:
-            return
-        inputs = extractor([audio for _, audio in batch], sampling_rate=extractor.sampling_rate,
-                           return_tensors="pt", device=args.device)
-        with torch.inference_mode():
-            out = model(**inputs, strategy=args.strategy, layer=args.layer)
-        for i, (item, _) in enumerate(batch):
-            tensors = {"scene": out.pooler_output[i].cpu().numpy()}
-            if args.timestamps:
-                steps = int(out.embedding_mask[i].sum())
-                tensors["steps"] = out.last_hidden_state[i, :steps].cpu().numpy()
-                tensors["timestamps"] = out.timestamps[:steps].cpu().numpy()
-            writer.write(item, tensors)
-            done += 1
-        batch.clear()
+            def flush():
+                nonlocal done
+                if not batch:
+                    return
+                inputs = extractor([audio for _, audio in batch], sampling_rate=extractor.sampling_rate,
+                                   return_tensors="pt", device=args.device)
+                with torch.inference_mode():
+                    out = model(**inputs, strategy=args.strategy, layer=args.layer)
+                for i, (item, _) in enumerate(batch):
+                    tensors = {"scene": out.pooler_output[i].float().cpu().numpy()}
+                    if args.timestamps:
+                        steps = int(out.embedding_mask[i].sum())
+                        tensors["steps"] = out.last_hidden_state[i, :steps].float().cpu().numpy()
+                        tensors["timestamps"] = out.timestamps[:steps].cpu().numpy()
+                    if not all(np.isfinite(value).all() for value in tensors.values()):
+                        skipped.append((item.path, f"non-finite embedding (in {args.dtype}); not written"))
+                        continue
+                    writer.write(item, tensors)
+                    done += 1
+                progress.update(len(batch))
+                batch.clear()
 
-    for item in tqdm(files, desc="embedding", unit="file", disable=args.quiet):
-        try:
-            audio = read_audio(item.path, extractor.sampling_rate, args.resample)
-            extractor([audio], sampling_rate=extractor.sampling_rate)  # raises on bad content (too short, NaN...)
-        except ValueError as error:
-            skipped.append((item.path, str(error)))
-            continue
-        batch.append((item, audio))
-        if len(batch) >= args.batch_size:
+            for item in files:
+                try:
+                    audio = read_audio(item.path, extractor.sampling_rate, args.resample)
+                    extractor([audio], sampling_rate=extractor.sampling_rate)  # raises on bad content (short, NaN, huge)
+                except ValueError as error:
+                    skipped.append((item.path, str(error)))
+                    progress.update(1)
+                    continue
+                batch.append((item, audio))
+                if len(batch) >= args.batch_size:
+                    flush()
             flush()
-    flush()
-    writer.close()
+            progress.close()
+            if not done:
+                raise _NothingEmbedded
+            writer.close()
+    except _NothingEmbedded:
+        pass
     return done, skipped
 
 
@@ -163,7 +229,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="audio files and/or folders")
     parser.add_argument("--model", required=True, help="a GRAM directory or Hub id")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", required=True, help="directory to create (written as a whole)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous output of this command")
     parser.add_argument("--format", choices=["npy", "safetensors", "parquet"], default="npy")
     parser.add_argument("--strategy", choices=POOLING_STRATEGIES, default="raw")
     parser.add_argument("--layer", type=int, default=None, help="embed from this encoder layer (default: last)")
@@ -174,8 +241,18 @@ def main(argv=None) -> int:
     parser.add_argument("--resample", action="store_true", help="resample files not at 32 kHz")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    done, skipped = embed_files(args)
-    print(f"Embedded {done} file(s) into {args.output_dir}; skipped {len(skipped)}.")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        done, skipped = embed_files(args)
+    except (ValueError, OutputDirectoryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {error.strerror or error}: {error.filename or args.output_dir}", file=sys.stderr)
+        return 2
+    where = args.output_dir if done else "nothing written"
+    print(f"Embedded {done} file(s) ({where}); skipped {len(skipped)}.")
     for path, reason in skipped:
         print(f"  skipped {path}: {reason}")
     return 0 if done else 1

@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import BatchFeature, SequenceFeatureExtractor
 
 # Audio channels each model format consumes, by feature channels.
@@ -32,6 +31,31 @@ def htk_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sa
     rising = -slopes[:, :-2] / widths[:-1]
     falling = slopes[:, 2:] / widths[1:]
     return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+def resample_audio(audio: np.ndarray | torch.Tensor, orig_rate: int, target_rate: int) -> np.ndarray:
+    """`(channels, samples)` float audio at `orig_rate` resampled to `target_rate`, as float32 numpy.
+
+    The one resampler of the package (extractor, embedding CLI, training data): libsoxr's "HQ" quality through
+    python-soxr, whose memory stays bounded for any pair of rates, coprime ones included (a sinc kernel built
+    for 32001 -> 32000 Hz, as torchaudio's resample does, needs gigabytes).
+    """
+    for name, rate in (("orig_rate", orig_rate), ("target_rate", target_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not 1 <= rate <= 10_000_000:
+            raise ValueError(f"{name} must be a sampling rate in Hz (an int from 1 to 10,000,000), got {rate!r}.")
+    samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if samples.ndim != 2:
+        raise ValueError(f"Expected (channels, samples) audio to resample, got shape {samples.shape}.")
+    samples = samples.astype(np.float32, copy=False)
+    if orig_rate == target_rate:
+        return samples
+    try:
+        import soxr
+    except ImportError as error:  # pragma: no cover - soxr is part of every install of this package
+        raise ImportError("Resampling needs python-soxr: pip install soxr (or resample the audio yourself).") from error
+    # soxr takes (samples, channels); a contiguous copy of the transposed view keeps channels interleaved.
+    resampled = soxr.resample(np.ascontiguousarray(samples.T), int(orig_rate), int(target_rate), quality="HQ")
+    return np.ascontiguousarray(resampled.reshape(-1, samples.shape[0]).T)
 
 
 class GramFeatureExtractor(SequenceFeatureExtractor):
@@ -146,8 +170,8 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
                 never silently misread.
             return_tensors (`str`, *optional*): "pt" for torch tensors, "np" (default) for numpy arrays.
             return_attention_mask (`bool`, *optional*): defaults to the extractor's setting (True).
-            resample (`bool`, defaults to False): resample audio at another rate (needs torchaudio)
-                instead of raising an error.
+            resample (`bool`, defaults to False): resample audio at another rate (with python-soxr, see
+                `resample_audio`) instead of raising an error.
             device (*optional*): compute (and, with "pt", return) the features on this device.
 
         Returns:
@@ -177,6 +201,12 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         if sampling_rate != self.sampling_rate:
             clips = [self._resample(clip, sampling_rate) for clip in clips]
         features = [self.extract(clip.to(device)) for clip in clips]
+        for index, (clip, feat) in enumerate(zip(clips, features)):
+            if not torch.isfinite(feat).all():  # finite but huge samples overflow the float32 power spectrum
+                raise ValueError(
+                    f"Clip {index} gives non-finite features: its peak amplitude {clip.abs().max().item():.3g} is out "
+                    "of range. Pass float audio scaled to [-1, 1] (or int16/int32 PCM, which is scaled for you)."
+                )
 
         num_frames = [feat.shape[1] for feat in features]
         longest = max(num_frames)
@@ -352,12 +382,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         return mono.expand(4, -1)
 
     def _resample(self, clip: torch.Tensor, sampling_rate: int) -> torch.Tensor:
-        try:
-            import torchaudio.functional as AF
-        except ImportError as error:  # pragma: no cover - torchaudio is part of the default install
-            raise ImportError("resample=True needs torchaudio; install it or resample the audio yourself.") from error
-        gcd = math.gcd(int(sampling_rate), int(self.sampling_rate))
-        return AF.resample(clip, int(sampling_rate) // gcd, int(self.sampling_rate) // gcd)
+        return torch.from_numpy(resample_audio(clip, int(sampling_rate), int(self.sampling_rate)))
 
 
 GramFeatureExtractor.register_for_auto_class()

@@ -55,10 +55,10 @@ def test_npy_output_equals_the_model_and_skips_are_reported(setup, capsys):
     assert "Embedded 4 file(s)" in printed and "skipped 2" in printed
     assert "broken.wav: unreadable" in printed and "slow.wav: 16000 Hz, expected 32000 Hz" in printed
     for name in ("a.wav", "sub/b.flac", "c.ogg", "d.mp3"):
-        scene = np.load(out / f"{name}.npy")
+        scene = np.load(out / "audio" / f"{name}.npy")  # the input folder mirrored by its own name
         expected = direct_scene(model, base / "audio" / name)
         assert relative_error(torch.from_numpy(scene), expected.pooler_output[0]) < 1e-5
-        steps, times = np.load(out / f"{name}.steps.npy"), np.load(out / f"{name}.timestamps.npy")
+        steps, times = np.load(out / "audio" / f"{name}.steps.npy"), np.load(out / "audio" / f"{name}.timestamps.npy")
         assert steps.shape == tuple(expected.last_hidden_state.shape[1:]) and times.shape == (steps.shape[0],)
 
 
@@ -70,7 +70,7 @@ def test_safetensors_resample_and_strategy(setup, capsys):
     args = [str(base / "audio" / "slow.wav"), str(base / "audio" / "a.wav"), "--model", str(base / "model"),
             "--output-dir", str(out), "--format", "safetensors", "--strategy", "mean", "--resample", "--quiet"]
     assert main(args) == 0
-    assert sorted(os.listdir(out)) == ["a.wav.safetensors", "slow.wav.safetensors"]
+    assert sorted(os.listdir(out)) == [".gram-output.json", "a.wav.safetensors", "slow.wav.safetensors"]
     scene = load_file(str(out / "a.wav.safetensors"))["scene"]
     expected = direct_scene(model, base / "audio" / "a.wav", "mean").pooler_output[0]
     assert relative_error(torch.from_numpy(scene), expected) < 1e-5
@@ -82,7 +82,8 @@ def test_nothing_readable_exits_1(setup, capsys):
                  "--output-dir", str(base / "none"), "--quiet"])
     assert code == 1
     printed = capsys.readouterr().out
-    assert "Embedded 0 file(s)" in printed and "missing.wav: no such file or folder" in printed
+    assert "Embedded 0 file(s) (nothing written)" in printed and "missing.wav: no such file or folder" in printed
+    assert not (base / "none").exists()
 
 
 def test_parquet_needs_pyarrow_or_writes_a_table(setup, capsys):
@@ -98,3 +99,108 @@ def test_parquet_needs_pyarrow_or_writes_a_table(setup, capsys):
     assert main(args) == 0
     table = pq.read_table(base / "pq" / "embeddings.parquet").to_pylist()
     assert table[0]["path"] == "a.wav" and len(table[0]["scene"]) == model.config.frame_embedding_size
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mistakes that used to lose or corrupt output (issue: nothing a user owns is lost)
+# ----------------------------------------------------------------------------------------------------------
+def _embed(base, *inputs, output, extra=()):
+    return main([*map(str, inputs), "--model", str(base / "model"), "--output-dir", str(output), "--quiet", *extra])
+
+
+def test_same_names_in_two_inputs_are_refused_before_writing(setup, tmp_path, capsys):
+    base, _ = setup
+    for folder in ("a", "b"):
+        (tmp_path / folder / "data").mkdir(parents=True)
+        sf.write(str(tmp_path / folder / "x.wav"), np.zeros((SR, 2), np.float32) + 0.1, SR)
+        sf.write(str(tmp_path / folder / "data" / "y.wav"), np.zeros((SR, 2), np.float32) + 0.1, SR)
+    for inputs in ([tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"], [tmp_path / "a" / "data", tmp_path / "b" / "data"]):
+        assert _embed(base, *inputs, output=tmp_path / "out") == 2
+        assert "would both be written as" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+    # Distinct names: two folders holding the same relative file each get their own output.
+    (tmp_path / "b" / "data").rename(tmp_path / "b" / "data2")
+    assert _embed(base, tmp_path / "a" / "data", tmp_path / "b" / "data2", tmp_path / "a" / "x.wav", output=tmp_path / "out") == 0
+    assert "Embedded 3 file(s)" in capsys.readouterr().out
+    assert {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.npy")} == {
+        "data/y.wav.npy", "data2/y.wav.npy", "x.wav.npy"}
+
+
+def test_named_pipes_are_skipped_not_waited_on(setup, tmp_path, capsys):
+    base, _ = setup
+    (tmp_path / "in").mkdir()
+    os.mkfifo(tmp_path / "in" / "pipe.wav")
+    sf.write(str(tmp_path / "in" / "ok.wav"), np.full((SR, 2), 0.1, np.float32), SR)
+    assert _embed(base, tmp_path / "in", tmp_path / "in" / "pipe.wav", output=tmp_path / "out") == 0
+    printed = capsys.readouterr().out
+    assert "Embedded 1 file(s)" in printed and printed.count("not a regular file") == 2
+
+
+def test_bad_output_locations_and_layers_fail_before_any_work(setup, tmp_path, capsys, monkeypatch):
+    base, _ = setup
+    clip = base / "audio" / "a.wav"
+    calls = []
+    monkeypatch.setattr("embed_audio.read_audio", lambda *a: calls.append(a))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("mine")
+    for output, extra, message in [
+        (tmp_path / "file", (), "is not a directory"),
+        (tmp_path / "file" / "sub", (), "is not a directory"),
+        (tmp_path / "taken", (), "exists and is not empty"),
+        (tmp_path / "taken", ("--overwrite",), "no GRAM command wrote"),
+        (tmp_path / "new", ("--layer", "99"), "--layer must be in \\[0, 2\\]"),
+        (base, ("--overwrite",), "contains the input"),
+    ]:
+        assert _embed(base, base / "audio", output=output, extra=extra) == 2
+        assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+    assert calls == [] and (tmp_path / "taken" / "mine.txt").read_text() == "mine"
+    with pytest.raises(SystemExit):
+        _embed(base, clip, output=tmp_path / "new", extra=("--batch-size", "0"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_huge_amplitudes_and_non_finite_embeddings_are_never_written(setup, tmp_path, capsys, monkeypatch):
+    base, model = setup
+    (tmp_path / "in").mkdir()
+    sf.write(str(tmp_path / "in" / "ok.wav"), np.full((SR, 2), 0.1, np.float32), SR)
+    np_huge = np.full((SR, 2), 1e19, np.float32)  # finite, but its power spectrum overflows float32
+    sf.write(str(tmp_path / "in" / "huge.wav"), np_huge, SR, subtype="FLOAT")
+    assert _embed(base, tmp_path / "in", output=tmp_path / "out") == 0
+    printed = capsys.readouterr().out
+    assert "huge.wav: Clip 0 gives non-finite features: its peak amplitude 1e+19" in printed
+    assert sorted(p.name for p in (tmp_path / "out" / "in").iterdir()) == ["ok.wav.npy"]
+
+    # A model whose output overflows (as float16 can): the file is reported, nothing is written for it.
+    original_forward = GramModel.forward
+
+    def overflowing(self, *args, **kwargs):
+        out = original_forward(self, *args, **kwargs)
+        out.pooler_output[:] = float("inf")
+        return out
+
+    monkeypatch.setattr(GramModel, "forward", overflowing)
+    assert _embed(base, tmp_path / "in" / "ok.wav", output=tmp_path / "out2") == 1
+    assert "non-finite embedding" in capsys.readouterr().out and not (tmp_path / "out2").exists()
+
+
+def test_coprime_rates_resample_with_bounded_memory(tmp_path):
+    """32001 Hz -> 32000 Hz (a 4 GB kernel for torchaudio) in a fresh process: the resampled 1 kHz tone equals the
+    analytic tone at 32 kHz, and the process stays small."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, numpy as np\n"
+        "from feature_extraction_gram import resample_audio\n"
+        "t = np.arange(32001 * 5) / 32001\n"
+        "out = resample_audio(np.stack([np.sin(2 * np.pi * 1000 * t)] * 2).astype(np.float32), 32001, 32000)\n"
+        "expected = np.sin(2 * np.pi * 1000 * np.arange(out.shape[1]) / 32000)\n"
+        "error = np.abs(out[:, 1000:-1000] - expected[1000:-1000]).max()\n"
+        "print(out.shape[1], error, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    samples, error, max_rss_kb = result.stdout.split()
+    assert int(samples) == 32000 * 5 and float(error) < 1e-3
+    assert int(max_rss_kb) < 1_500_000  # kB: far below the gigabytes of a 32001-phase sinc kernel

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -27,6 +25,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from configuration_gram import GramConfig  # noqa: E402
+from gram_io import OutputDirectoryError, check_output_dir, staged_directory  # noqa: E402
 from modeling_gram import GramModel, GramModelOutput, pool_chunk_tokens, split_into_chunks  # noqa: E402
 
 ONNX_FILE = "encoder.onnx"
@@ -44,23 +43,19 @@ class GramChunkEncoder(nn.Module):
         return self.model.encode_chunks(chunks)[0]
 
 
-def export_onnx(model: GramModel, output_dir: str, opset: int = 18, check: bool = True) -> str:
-    """Writes `encoder.onnx` and `config.json` into `output_dir` (atomically); returns the directory."""
+def export_onnx(model: GramModel, output_dir: str, opset: int = 18, check: bool = True, overwrite: bool = False) -> tuple[str, float | None]:
+    """Writes `encoder.onnx` and `config.json` into `output_dir` (atomically, via gram_io.staged_directory);
+    returns the directory and the relative error of the graph against PyTorch (None without `check`)."""
     model = model.float().eval()
     config = model.config
     example = torch.randn(2, config.num_channels, config.chunk_frames, config.num_mel_bins)
     num_chunks = torch.export.Dim("num_chunks", min=1, max=1 << 16)
-    output_dir = os.path.abspath(output_dir)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.exists(output_dir):
-        raise FileExistsError(f"{output_dir} exists; choose a new directory.")
-    staging = tempfile.mkdtemp(prefix=".gram-onnx-", dir=parent)
-    try:
+    error = None
+    with staged_directory(output_dir, "export_onnx", overwrite=overwrite) as staging:
         torch.onnx.export(
             GramChunkEncoder(model).eval(),
             (example,),
-            os.path.join(staging, ONNX_FILE),
+            str(staging / ONNX_FILE),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_shapes={"chunks": {0: num_chunks}},
@@ -71,14 +66,10 @@ def export_onnx(model: GramModel, output_dir: str, opset: int = 18, check: bool 
         )
         config.save_pretrained(staging)
         if check:
-            error = max_relative_error(model, staging)
+            error = max_relative_error(model, str(staging))
             if error > 1e-4:
                 raise RuntimeError(f"The exported graph differs from PyTorch: relative error {error:.2e}.")
-        os.replace(staging, output_dir)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+    return os.path.abspath(output_dir), error
 
 
 def max_relative_error(model: GramModel, onnx_dir: str, sizes=(1, 3)) -> float:
@@ -137,12 +128,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a GRAM directory (or Hub id) loadable by GramModel")
     parser.add_argument("--output-dir", required=True, help="new directory for encoder.onnx + config.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous output of this command")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
     args = parser.parse_args(argv)
-    model = GramModel.from_pretrained(args.model)
-    directory = export_onnx(model, args.output_dir, opset=args.opset, check=not args.no_check)
+    try:
+        check_output_dir(args.output_dir, [args.model], args.overwrite)  # before the (slow) export
+        model = GramModel.from_pretrained(args.model)
+        directory, error = export_onnx(model, args.output_dir, opset=args.opset, check=not args.no_check,
+                                       overwrite=args.overwrite)
+    except OutputDirectoryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {error.strerror or error}: {error.filename or args.output_dir}", file=sys.stderr)
+        return 2
     print(f"Exported {args.model} -> {os.path.join(directory, ONNX_FILE)}")
+    if error is not None:
+        print(f"Checked against PyTorch on random chunks: relative error {error:.2e} (limit 1e-4).")
     return 0
 
 

@@ -77,7 +77,7 @@ class Runner:
             from export_onnx import GramOnnxModel, export_onnx
 
             self._tmp = tempfile.TemporaryDirectory()
-            self.model = GramOnnxModel(export_onnx(model, os.path.join(self._tmp.name, "onnx")))
+            self.model = GramOnnxModel(export_onnx(model, os.path.join(self._tmp.name, "onnx"))[0])
             return
         module = copy.deepcopy(model)
         if mode == "bf16":

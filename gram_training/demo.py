@@ -36,8 +36,8 @@ from transformers import Trainer, TrainingArguments
 from feature_extraction_gram import GramFeatureExtractor
 from gram_training.rooms import RoomSpec, direction_vector
 from gram_training.scenes import fft_convolve
-from gram_training.simulate import (AUDIO_FORMATS, music_segments, noise_position, room_impulse_response, sound_effects,
-                                    staged_output)
+from gram_io import staged_directory
+from gram_training.simulate import AUDIO_FORMATS, music_segments, noise_position, room_impulse_response, sound_effects
 from modeling_gram import GramModel, angular_error_degrees
 
 logger = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def run_demo(output_dir, audio_format: str = "binaural", model: str | None = Non
              scenes_per_room: int = 6, pretraining_steps: int = 200, probe_epochs: int = 100, seed: int = 0) -> dict:
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
-    with staged_output(output_dir) as staging:
+    with staged_directory(output_dir, "demo", inputs=[model] if model else [], overwrite_flag=None) as staging:
         logger.info("Rendering %d scenes in %d rooms (%s).", num_rooms * scenes_per_room, num_rooms, audio_format)
         scenes = render_scenes(audio_format, num_rooms, scenes_per_room, seed)
         model_dir = Path(model) if model else pretrain_tiny(audio_format, staging, pretraining_steps, seed)
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     try:
         summary = run_demo(args.output_dir, args.audio_format, args.model, args.num_rooms, args.scenes_per_room,
                            args.pretraining_steps, args.probe_epochs, args.seed)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         parser.exit(2, f"error: {error}\n")
     print(format_table(summary))
     print(f"Wrote {Path(args.output_dir) / 'results.json'} and {Path(args.output_dir) / 'directions.png'}")

@@ -21,16 +21,13 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
+from gram_io import staged_directory
 from gram_training.rooms import RoomSpec, binaural_rir, foa_rir, load_kemar
 
 SENTENCES = (
@@ -118,29 +115,6 @@ def room_impulse_response(spec: RoomSpec, audio_format: str, sampling_rate: int 
     raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
 
 
-@contextmanager
-def staged_output(output_dir) -> Iterator[Path]:
-    """A temporary folder beside `output_dir` (which must be absent or empty) to write into; moved into place,
-    with ordinary permissions, only when the block completes, and removed on any error, so a failure never
-    leaves a half-written output."""
-    output = Path(output_dir)
-    if output.exists() and any(output.iterdir()):
-        raise FileExistsError(f"{output} exists and is not empty.")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is ordinary output
-        if output.exists():
-            output.rmdir()
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def noise_position(spec: RoomSpec, rng: np.random.Generator) -> RoomSpec:
     """Another random point of `spec`'s room, heard from the same listener position."""
     noise = RoomSpec.random(rng)
@@ -160,7 +134,7 @@ def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs:
     if audio_format == "binaural":
         load_kemar(sampling_rate)  # fail before writing anything if the HRIRs are missing
     rng = np.random.default_rng(seed)
-    with staged_output(output_dir) as staging:
+    with staged_directory(output_dir, "simulate", overwrite_flag=None) as staging:
         for sub in ("sources", "noise", "rirs", "noise_rirs"):
             (staging / sub).mkdir()
         for name, _, audio in sound_effects(sampling_rate):
@@ -198,7 +172,7 @@ def main(argv=None) -> int:
     try:
         path = write_pretraining_data(args.output_dir, args.audio_format, args.num_rirs, args.seed,
                                       with_speech=not args.no_speech, noise_sources=args.noise_sources)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Wrote {path}")
     return 0

@@ -55,7 +55,7 @@ def test_demo_command_end_to_end(tmp_path):
     result = _run(["--output-dir", str(output), "--num-rooms", "4", "--scenes-per-room", "3", "--pretraining-steps", "4",
                    "--probe-epochs", "5"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(output)) == ["directions.png", "results.json", "tiny-gram"]
+    assert sorted(os.listdir(output)) == [".gram-output.json", "directions.png", "results.json", "tiny-gram"]
     assert (output / "tiny-gram" / "model.safetensors").is_file()
     assert (output / "directions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.load(open(output / "results.json"))

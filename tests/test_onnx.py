@@ -17,7 +17,7 @@ from modeling_gram import GramModel  # noqa: E402
 def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     model = GramModel(tiny_config(request.param)).eval()
-    directory = export_onnx(model, str(tmp_path_factory.mktemp("onnx") / request.param))
+    directory, _ = export_onnx(model, str(tmp_path_factory.mktemp("onnx") / request.param))
     return model, GramOnnxModel(directory)
 
 
@@ -45,13 +45,21 @@ def test_onnx_runner_matches_gram_model_on_a_padded_batch(exported, strategy):
     assert relative_error(got.last_hidden_state, expected.last_hidden_state) < 1e-4
 
 
-def test_export_command_and_errors(tmp_path):
+def test_export_command_and_errors(tmp_path, capsys):
     torch.manual_seed(0)
     GramModel(tiny_config("mono-time")).save_pretrained(tmp_path / "model")
     assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")]) == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "configuration_gram.py", ONNX_FILE]
-    with pytest.raises(FileExistsError):
-        main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")])
+    assert "relative error" in capsys.readouterr().out  # the parity it checked is printed
+    assert sorted(os.listdir(tmp_path / "out")) == [".gram-output.json", "config.json", "configuration_gram.py", ONNX_FILE]
+    assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"), "--overwrite"]) == 2
+    assert "did not write: notes.txt" in capsys.readouterr().err and (tmp_path / "out" / "notes.txt").exists()
+    (tmp_path / "out" / "notes.txt").unlink()
+    assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"), "--overwrite"]) == 0
+    assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "model")]) == 2  # holds the input
+    assert "contains the input" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="export_onnx.py"):
         GramOnnxModel(str(tmp_path / "model"))
     assert sorted(os.listdir(tmp_path)) == ["model", "out"]  # no staging directories left

@@ -81,11 +81,11 @@ def test_sounds_music_and_speech_are_available_offline():
 
 def test_write_pretraining_data_is_complete_and_atomic(tmp_path):
     output = simulate.write_pretraining_data(tmp_path / "data", "ambisonics", num_rirs=2, with_speech=False)
-    assert sorted(os.listdir(output)) == ["noise", "noise_rirs", "rirs", "rirs.json", "sources"]
+    assert sorted(os.listdir(output)) == [".gram-output.json", "noise", "noise_rirs", "rirs", "rirs.json", "sources"]
     assert np.load(output / "rirs" / "rir0000.npy").shape[0] == 4
     assert len(os.listdir(output / "noise_rirs")) == 2
     assert np.load(output / "noise_rirs" / "rir0000.npy").shape[:2] == (3, 4)  # 3 noise positions, W X Y Z
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ValueError, match="exists and is not empty; choose a new or empty directory"):
         simulate.write_pretraining_data(output, "ambisonics", num_rirs=1)
     with pytest.raises(ValueError, match="audio_format"):
         simulate.write_pretraining_data(tmp_path / "other", "surround", num_rirs=1)

@@ -20,6 +20,8 @@ import soundfile
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from feature_extraction_gram import resample_audio
+
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".npy")
@@ -52,8 +54,14 @@ def find_audio_files(folder: str | os.PathLike, extensions: Sequence[str] = AUDI
     return files
 
 
+# Audio beyond this peak is not audio (float files hold [-1, 1]; PCM scaled as floats reaches 32768 or
+# 2**31): its level normalisation would overflow float32 and poison a whole training run.
+MAX_PEAK = 1e10
+
+
 def _check_audio(audio: np.ndarray, name: str, sets: bool = False) -> np.ndarray:
-    """Finite float32 `(channels, samples)` audio (or, with `sets`, also `(sources, channels, samples)`)."""
+    """Finite float32 `(channels, samples)` audio (or, with `sets`, also `(sources, channels, samples)`).
+    Checked after the cast to float32: a finite float64/longdouble value can overflow to Inf in it."""
     if not isinstance(audio, np.ndarray):  # e.g. an .npz archive under an .npy name
         raise BadAudioError(f"{name}: not a single array ({type(audio).__name__})")
     if audio.ndim == 1:
@@ -63,17 +71,20 @@ def _check_audio(audio: np.ndarray, name: str, sets: bool = False) -> np.ndarray
         raise BadAudioError(f"{name}: expected {expected} audio, got shape {audio.shape}")
     if not np.issubdtype(audio.dtype, np.floating):
         raise BadAudioError(f"{name}: expected floating-point samples, got {audio.dtype}")
+    with np.errstate(over="ignore"):
+        audio = audio.astype(np.float32, copy=False)
     if not np.isfinite(audio).all():
-        raise BadAudioError(f"{name}: contains NaN or Inf")
-    return audio.astype(np.float32, copy=False)
+        raise BadAudioError(f"{name}: contains NaN or Inf (in float32)")
+    peak = float(np.abs(audio).max())
+    if peak > MAX_PEAK:
+        raise BadAudioError(f"{name}: peak amplitude {peak:.3g} is not audio (expected floats in [-1, 1])")
+    return audio
 
 
-def _resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    if from_rate == to_rate:
-        return audio
-    import torchaudio.functional
-
-    return torchaudio.functional.resample(torch.from_numpy(audio), from_rate, to_rate).numpy()
+def _resample(audio: np.ndarray, from_rate, to_rate: int, name: str) -> np.ndarray:
+    if isinstance(from_rate, bool) or not isinstance(from_rate, (int, np.integer)) or not 1 <= from_rate <= 10_000_000:
+        raise BadAudioError(f"{name}: invalid sampling rate {from_rate!r}")
+    return resample_audio(audio, int(from_rate), to_rate)
 
 
 def read_audio(path: str | os.PathLike, sampling_rate: int, sets: bool = False) -> np.ndarray:
@@ -89,23 +100,34 @@ def read_audio(path: str | os.PathLike, sampling_rate: int, sets: bool = False) 
         raise
     except Exception as error:  # soundfile/numpy raise many types for corrupt files
         raise BadAudioError(f"{path.name}: unreadable ({type(error).__name__}: {error})") from error
-    return _resample(_check_audio(audio.T, path.name), rate, sampling_rate)
+    return _resample(_check_audio(audio.T, path.name), rate, sampling_rate, path.name)
 
 
-def decode_record(value, sampling_rate: int, name: str) -> np.ndarray:
+def decode_record(value, sampling_rate: int, name: str, local_paths: bool = False) -> np.ndarray:
     """Audio of one `datasets` record: `{"bytes", "path"}` (an `Audio(decode=False)` column) or
-    `{"array", "sampling_rate"}`."""
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        try:
-            audio, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-        except Exception as error:
-            raise BadAudioError(f"{name}: undecodable audio bytes ({error})") from error
-        return _resample(_check_audio(audio.T, name), rate, sampling_rate)
-    if isinstance(value, dict) and value.get("path") is not None:
-        return read_audio(value["path"], sampling_rate)
-    if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
-        audio = _check_audio(np.asarray(value["array"]), name)
-        return _resample(audio, int(value["sampling_rate"]), sampling_rate)
+    `{"array", "sampling_rate"}`. A record holding only a local `path` is read only with `local_paths`
+    (a dataset from the Hub must not make the trainer open arbitrary files of this machine). Every problem
+    (undecodable bytes, a missing or zero rate, ragged arrays, ...) is a `BadAudioError`, so the record is
+    skipped and counted like a bad file."""
+    try:
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            try:
+                audio, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+            except Exception as error:
+                raise BadAudioError(f"{name}: undecodable audio bytes ({error})") from error
+            return _resample(_check_audio(audio.T, name), rate, sampling_rate, name)
+        if isinstance(value, dict) and value.get("path") is not None:
+            if not local_paths:
+                raise BadAudioError(f"{name}: the record holds only a local path ({str(value['path'])[:200]}); "
+                                    "pass --hf_local_paths true to read such records")
+            return read_audio(value["path"], sampling_rate)
+        if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
+            audio = _check_audio(np.asarray(value["array"]), name)
+            return _resample(audio, value["sampling_rate"], sampling_rate, name)
+    except BadAudioError:
+        raise
+    except Exception as error:  # ragged arrays, odd types: a bad record, not a crash of the run
+        raise BadAudioError(f"{name}: unusable record ({type(error).__name__}: {error})") from error
     raise BadAudioError(f"{name}: expected an audio record (bytes/path or array/sampling_rate), got {type(value).__name__}")
 
 
@@ -151,9 +173,10 @@ class HubSource:
     soundfile (no torchcodec/FFmpeg needed); each shard gets its part via `split_dataset_by_node`."""
 
     def __init__(self, path: str, split: str = "train", column: str = "audio", name: str | None = None,
-                 data_files=None, shuffle_buffer: int = 1000, seed: int = 0):
+                 data_files=None, shuffle_buffer: int = 1000, seed: int = 0, local_paths: bool = False):
         self.path, self.split, self.column, self.name = path, split, column, name
         self.data_files, self.shuffle_buffer, self.seed = data_files, shuffle_buffer, seed
+        self.local_paths = local_paths
 
     def _dataset(self):
         import datasets
@@ -182,7 +205,7 @@ class HubSource:
                 if self.column not in record:
                     raise KeyError(f"Column {self.column!r} not in the dataset (columns: {', '.join(record)}).")
                 try:
-                    audio = decode_record(record[self.column], sampling_rate, f"{self.path}[{position}]")
+                    audio = decode_record(record[self.column], sampling_rate, f"{self.path}[{position}]", self.local_paths)
                 except BadAudioError as error:
                     skipped.skip("audio", f"record {position} of shard {shard}", error)
                     continue

@@ -170,4 +170,7 @@ class SceneBuilder:
                          noise_active=batch.get("noise_active"), source_length=batch.get("source_length"))
         with torch.autocast(scene.device.type, enabled=False):  # features in float32 even under bf16 training
             features = self.feature_extractor.extract(scene.float())
+        if not torch.isfinite(features).all():  # one bad scene would make every weight NaN
+            raise ValueError("The scene batch has non-finite features; sources are checked when read (see the "
+                             "warnings about skipped files), so check the impulse responses and noise files.")
         return self.random_crops(features, generator)

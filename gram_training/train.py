@@ -57,6 +57,8 @@ class DataArguments:
     hf_split: str = "train"
     hf_audio_column: str = "audio"
     hf_data_files: list[str] | None = field(default=None, metadata={"help": "data files for a builder such as parquet"})
+    hf_local_paths: bool = field(default=False, metadata={
+        "help": "read dataset records that hold only a local file path (off: a dataset cannot open files of this machine)"})
     noise_dir: str | None = field(default=None, metadata={"help": "folder of noise clips; no noise if not given"})
     noise_rir_dir: str | None = field(default=None, metadata={"help": "impulse responses for the noise (default: rir_dir)"})
     snr_db_min: float = 5.0
@@ -104,6 +106,23 @@ class DistinctRandomStreams(TrainerCallback):
             torch.manual_seed(args.seed + args.process_index)
 
 
+class NonFiniteTrainingError(FloatingPointError):
+    """The loss or the gradients stopped being finite: training stops before a NaN model can be saved."""
+
+
+class StopOnNonFiniteGradients(TrainerCallback):
+    """Checks the gradients once per optimizer step (after accumulation and before clipping and the update)."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise NonFiniteTrainingError(
+                f"Non-finite gradients at step {state.global_step + 1} (in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+                "training stopped, nothing was saved for this step. Lower the learning rate or check the data."
+            )
+
+
 class GramPretrainer(Trainer):
     """HF `Trainer` whose loss builds the scenes on the training device before the model sees them."""
 
@@ -111,6 +130,7 @@ class GramPretrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.scene_builder = scene_builder
         self.add_callback(DistinctRandomStreams())
+        self.add_callback(StopOnNonFiniteGradients())
 
     def get_train_dataloader(self) -> DataLoader:
         # The dataset shards itself over processes and workers (gram_training.data.shard_position), so the
@@ -130,6 +150,11 @@ class GramPretrainer(Trainer):
         with torch.no_grad():
             input_values = self.scene_builder(inputs)
         outputs = model(input_values=input_values)
+        if not torch.isfinite(outputs.loss.detach()):
+            raise NonFiniteTrainingError(
+                f"Non-finite loss ({outputs.loss.item()}) at step {self.state.global_step + 1}; training stopped before "
+                "the model could be saved. The scenes were finite, so the model diverged: lower the learning rate."
+            )
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
@@ -154,7 +179,8 @@ def build_dataset(data_args: DataArguments, config: GramConfig, seed: int) -> Sc
     if (data_args.audio_dir is None) == (data_args.hf_dataset is None):
         raise ValueError("Give exactly one audio source: --audio_dir or --hf_dataset.")
     source = data_args.audio_dir or HubSource(data_args.hf_dataset, data_args.hf_split, data_args.hf_audio_column,
-                                              data_args.hf_config, data_args.hf_data_files, seed=seed)
+                                              data_args.hf_config, data_args.hf_data_files, seed=seed,
+                                              local_paths=data_args.hf_local_paths)
     channels = {1: 1, 2: 2, 7: 4}[config.num_channels]
     return SceneDataset(source, data_args.rir_dir, channels, data_args.noise_dir, data_args.noise_rir_dir,
                         config.sampling_rate, data_args.clip_seconds, seed)
@@ -204,10 +230,20 @@ def main(argv=None) -> GramPretrainer:
             raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {training_args.output_dir}.")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the final model, loadable with AutoModel / AutoModelForPreTraining
+    logger.info("Saved the final model to %s", os.path.abspath(training_args.output_dir))
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="GRAM pretraining")
     return trainer
 
 
+def cli() -> int:
+    try:
+        main()
+    except (NonFiniteTrainingError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -54,6 +54,10 @@ def test_read_audio_formats_and_resampling(tmp_path):
     ("nan.npy", np.array([0.0, np.nan], np.float32), "NaN"),
     ("ints.npy", np.array([1, 2, 3], np.int64), "floating-point"),
     ("cube.npy", np.zeros((2, 2, 2), np.float32), "shape"),
+    # finite in float64/longdouble, Inf once cast to float32: checked after the cast
+    ("big64.npy", np.array([0.0, 1e39, 0.0]), "NaN or Inf \\(in float32\\)"),
+    ("longdouble.npy", np.array([0.0, 1e39], np.longdouble), "NaN or Inf \\(in float32\\)"),
+    ("loud.npy", np.array([0.0, 1e30], np.float32), "not audio"),
 ])
 def test_bad_files_raise_bad_audio_error(tmp_path, name, content, message):
     path = tmp_path / name
@@ -186,6 +190,38 @@ def test_hub_streaming_source_shards_and_skips(tmp_path, monkeypatch, caplog):
     records = source.records(3, 4, np.random.default_rng(0), 32000, skipped)
     [next(records) for _ in range(3)]
     assert skipped.counts["audio"] >= 1 and "undecodable" in caplog.text
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"array": [0.1] * 40000, "sampling_rate": 0}, "invalid sampling rate 0"),
+    ({"array": [0.1] * 40000, "sampling_rate": None}, "invalid sampling rate None"),
+    ({"array": [[0.1] * 40000, [0.1] * 39000], "sampling_rate": 32000}, "unusable record"),  # ragged
+    ({"array": [1e39] * 40000, "sampling_rate": 32000}, "NaN or Inf"),
+    ({"path": "/etc/passwd", "bytes": None}, "holds only a local path"),
+])
+def test_bad_dataset_records_are_bad_audio_not_crashes(record, message):
+    with pytest.raises(BadAudioError, match=message):
+        data.decode_record(record, 32000, "ds[0]")
+
+
+def test_local_path_records_are_read_only_when_asked(tmp_path):
+    soundfile.write(tmp_path / "a.wav", np.full(32000, 0.25, np.float32), 32000)
+    audio = data.decode_record({"path": str(tmp_path / "a.wav"), "bytes": None}, 32000, "ds[0]", local_paths=True)
+    assert audio.shape == (1, 32000) and np.allclose(audio, 0.25)
+
+
+def test_a_bad_record_in_a_stream_is_skipped_and_counted(tmp_path, caplog):
+    datasets = pytest.importorskip("datasets")
+    arrays = [[0.1] * 40000, [0.2] * 40000, [0.3] * 40000]
+    rates = [32000, 0, 32000]  # the second record is broken
+    table = datasets.Dataset.from_dict({"audio": [{"array": a, "sampling_rate": r} for a, r in zip(arrays, rates)]})
+    table.to_parquet(str(tmp_path / "part.parquet"))
+    source = HubSource("parquet", data_files=[str(tmp_path / "part.parquet")], shuffle_buffer=1)
+    skipped = SkippedFiles()
+    with caplog.at_level(logging.WARNING, logger="gram_training.data"):
+        records = source.records(0, 1, np.random.default_rng(0), 32000, skipped)
+        levels = [round(float(next(records).max()), 2) for _ in range(2)]
+    assert levels == [0.1, 0.3] and skipped.counts["audio"] == 1 and "invalid sampling rate 0" in caplog.text
 
 
 @pytest.mark.parametrize("num_files,num_shards", [(3, 2), (4, 2), (2, 3)])

@@ -217,3 +217,45 @@ def test_gpu_defaults_and_seeded_initial_weights(offline_data, tmp_path):
         main([*_data_args(offline_data), *_small_run(tmp_path / name, 1), "--learning_rate", "0"])
     first, second = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_poisoned_source_is_skipped_and_the_run_stays_finite(offline_data, tmp_path, caplog):
+    """A float64 file whose 1e39 is finite until cast to float32 used to make every weight NaN (exit 0)."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for good in sorted((offline_data / "sources").iterdir())[:2]:
+        shutil.copy(good, sources)
+    np = pytest.importorskip("numpy")
+    np.save(sources / "poison.npy", np.concatenate([np.zeros(32000), [1e39]]))
+    args = ["--audio_dir", str(sources), "--rir_dir", str(offline_data / "rirs"), "--noise_dir",
+            str(offline_data / "noise"), "--noise_rir_dir", str(offline_data / "noise_rirs")]
+    with caplog.at_level("WARNING", logger="gram_training.data"):
+        main([*args, *_small_run(tmp_path / "run", 4, ["--save_strategy", "no"])])
+    assert "poison.npy: contains NaN or Inf (in float32)" in caplog.text
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "run" / "model.safetensors").values())
+
+
+def test_a_diverging_run_stops_with_the_step_and_saves_nothing(offline_data, tmp_path):
+    output = tmp_path / "run"
+    argv = [*_data_args(offline_data), *_small_run(output, 6, ["--save_strategy", "no", "--max_grad_norm", "0"])]
+    argv[argv.index("--learning_rate") + 1] = "1e30"  # the weights blow up after the first update
+    result = subprocess.run([sys.executable, "-m", "gram_training.train", *argv], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert re.search(r"error: Non-finite (loss|gradients).* at step \d", result.stderr)
+    assert "Traceback" not in result.stderr
+    assert not (output / "model.safetensors").exists()
+
+
+def test_the_scene_builder_refuses_non_finite_scenes():
+    from feature_extraction_gram import GramFeatureExtractor
+    from gram_training.scenes import SceneBuilder, SceneConfig
+
+    builder = SceneBuilder(GramFeatureExtractor(), SceneConfig(clip_seconds=2.5, crops_per_clip=1))
+    rir = torch.zeros(1, 2, 8)
+    rir[0, :, 0] = 1.0
+    batch = {"source": torch.randn(1, 80000) * 0.1, "rir": rir}
+    assert torch.isfinite(builder(batch)).all()
+    batch["rir"] = rir * float("inf")
+    with pytest.raises(ValueError, match="non-finite features"):
+        builder(batch)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +41,9 @@ class GramHearModel(torch.nn.Module):
             raise ValueError(f"strategy must be one of {POOLING_STRATEGIES}, got {strategy!r}.")
         if layer is not None and not 0 <= layer <= model.config.num_hidden_layers:
             raise ValueError(f"layer must be in [0, {model.config.num_hidden_layers}], got {layer}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        model.config.check_feature_extractor(extractor)
         self.model = model.eval()
         self.extractor = extractor
         self.strategy = strategy
@@ -51,14 +55,22 @@ class GramHearModel(torch.nn.Module):
         self.timestamp_embedding_size = int(config.frame_embedding_size)
 
     @torch.no_grad()
-    def embed(self, audio: torch.Tensor) -> GramModelOutput:
-        if not isinstance(audio, torch.Tensor) or audio.ndim not in (2, 3):
-            shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
-            raise ValueError(f"Expected audio (n_sounds, n_samples) or (n_sounds, channels, n_samples), got {shape}.")
+    def embed(self, audio: torch.Tensor | np.ndarray) -> GramModelOutput:
+        if isinstance(audio, np.ndarray):
+            audio = torch.from_numpy(audio)
+        if not isinstance(audio, torch.Tensor):
+            raise TypeError(f"Expected audio as a torch tensor (or numpy array), got {type(audio).__name__}.")
+        if audio.ndim not in (2, 3):
+            raise ValueError(f"Expected audio (n_sounds, n_samples) or (n_sounds, channels, n_samples), got {tuple(audio.shape)}.")
         device = next(self.model.parameters()).device
+        if audio.shape[0] == 0:  # no sounds: empty embeddings of the right sizes
+            empty = torch.zeros(0, 0, self.timestamp_embedding_size, device=device)
+            return GramModelOutput(last_hidden_state=empty, pooler_output=torch.zeros(0, self.scene_embedding_size, device=device),
+                                   timestamps=torch.zeros(0, device=device))
         outputs = []
         for start in range(0, audio.shape[0], self.batch_size):
-            clips = list(audio[start : start + self.batch_size].detach().float().cpu())
+            # PCM stays integer here: the extractor scales int16/int32/uint8 to [-1, 1).
+            clips = list(audio[start : start + self.batch_size].detach().cpu())
             inputs = self.extractor(clips, sampling_rate=self.sample_rate, return_tensors="pt", device=device)
             outputs.append(self.model(**inputs, strategy=self.strategy, layer=self.layer))
         return GramModelOutput(
@@ -106,10 +118,17 @@ def load_model(model_file_path: str = "", **kwargs) -> GramHearModel:
         model,
         extractor,
         strategy=str(kwargs.get("strategy", "raw")),
-        layer=None if layer in (None, "") else int(layer),
-        batch_size=int(kwargs.get("batch_size", 8)),
+        layer=None if layer in (None, "") else _as_int(layer, "layer"),
+        batch_size=_as_int(kwargs.get("batch_size", 8), "batch_size"),
     )
     return wrapper.to(kwargs.get("device", "cpu"))
+
+
+def _as_int(value, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int, got {value!r}.") from None
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: GramHearModel) -> torch.Tensor:

@@ -34,6 +34,18 @@ from modeling_gram import GramModel  # noqa: E402
 SR = 32000
 
 
+def requested_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """`--device` as a torch.device; a CUDA request on a machine without a GPU ends with one clear line."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name!r} is not a device (try cpu or cuda).")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: no CUDA GPU is available on this machine (torch {torch.__version__}, CUDA "
+                     f"build: {torch.version.cuda or 'none'}). Run on a GPU machine, or use --device cpu.")
+    return device
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -132,11 +144,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--_memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    device = requested_device(parser, args.device)
     if args._memory_child:
         peak_memory_child(args.long_minutes, args.variant, args.device)
         return
 
-    device = torch.device(args.device)
     report = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),

@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from benchmark_inference import best_time, encoder_flops_per_chunk, matmul_flops_per_second  # noqa: E402
+from benchmark_inference import best_time, encoder_flops_per_chunk, matmul_flops_per_second, requested_device  # noqa: E402
 from scenes import binaural_scene  # noqa: E402
 
 from configuration_gram import GramConfig  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    device = torch.device(args.device)
+    device = requested_device(parser, args.device)
     modes = args.modes or (["fp32", "bf16", "int8", "onnx"] if device.type == "cpu" else ["fp32", "bf16"])
     fast_bf16 = native_bf16(device)
     torch.manual_seed(0)

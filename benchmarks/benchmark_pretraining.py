@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmark_inference import matmul_flops_per_second, synchronize  # noqa: E402
+from benchmark_inference import matmul_flops_per_second, requested_device, synchronize  # noqa: E402
 from configuration_gram import GramConfig  # noqa: E402
 from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
 from gram_training.scenes import SceneBuilder, SceneConfig  # noqa: E402
@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = requested_device(parser, args.device)
     torch.manual_seed(0)
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -32,3 +32,14 @@ def test_benchmark_runs_and_reports(tmp_path):
     (run,) = report["runs"]
     assert run["samples_per_step"] == 2 and run["steps_per_s"] > 0 and "share_of_fp32_matmul_rate" in run
     assert (tmp_path / "out.json").is_file()
+
+
+def test_gpu_commands_without_a_gpu_say_so(capsys):
+    import pytest
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_pretraining.main(["--device", "cuda", "--sizes", "tiny"])
+    assert exit_info.value.code == 2
+    assert "no CUDA GPU is available on this machine" in capsys.readouterr().err

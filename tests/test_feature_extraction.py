@@ -208,3 +208,15 @@ def test_bad_inputs_raise_clear_errors(audio, kwargs, error, message):
 def test_unsupported_feature_channels():
     with pytest.raises(ValueError, match="1 \\(mono\\), 2 \\(binaural\\) or 7"):
         GramFeatureExtractor(num_channels=4)
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_finite_but_huge_audio_is_refused_not_turned_into_nan(channels):
+    """|x| ~ 1e18 overflows the float32 power spectrum (and the FOA intensity products): every feature would be
+    NaN/Inf. The extractor says so instead; ordinary loud PCM-scaled floats still work."""
+    extractor = GramFeatureExtractor(num_channels=7 if channels == 4 else 2)
+    t = np.arange(32000) / 32000
+    tone = np.stack([np.sin(2 * np.pi * 440 * t + c) for c in range(channels)]).astype(np.float32)
+    assert np.isfinite(extractor(tone * 32767.0, sampling_rate=32000)["input_values"]).all()
+    with pytest.raises(ValueError, match="Clip 0 gives non-finite features: its peak amplitude 1e\\+18"):
+        extractor(tone * 1e18, sampling_rate=32000)

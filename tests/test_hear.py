@@ -91,3 +91,23 @@ def test_bad_arguments(model_dirs):
         gram_hear.load_model(str(model_dirs["binaural-time"]), variant="binaural-frame")
     picked = gram_hear.load_model(str(model_dirs["binaural-time"].parent), variant="ambisonics-frame")
     assert picked.model.config.num_channels == 7
+
+
+def test_pcm_numpy_empty_and_bad_batch_sizes(model_dirs):
+    model = gram_hear.load_model(str(model_dirs["binaural-time"]), batch_size="2")
+    rng = np.random.default_rng(0)
+    pcm = rng.integers(-20000, 20000, (3, 2, SR), dtype=np.int16)
+    scaled = torch.from_numpy(pcm.astype(np.float32) / 32768.0)
+    expected = gram_hear.get_scene_embeddings(scaled, model)
+    # int16 tensors are PCM: scaled like the feature extractor scales them, not cast to +-20000.0
+    assert relative_error(gram_hear.get_scene_embeddings(torch.from_numpy(pcm), model), expected) < 1e-5
+    assert relative_error(gram_hear.get_scene_embeddings(pcm, model), expected) < 1e-5  # numpy works too
+    empty = gram_hear.get_scene_embeddings(torch.zeros(0, SR), model)
+    assert empty.shape == (0, model.scene_embedding_size)
+    steps, times = gram_hear.get_timestamp_embeddings(torch.zeros(0, SR), model)
+    assert steps.shape == (0, 0, model.timestamp_embedding_size) and times.shape == (0, 0)
+    for size in (0, -1, "x"):
+        with pytest.raises(ValueError, match="batch_size must be"):
+            gram_hear.load_model(str(model_dirs["binaural-time"]), batch_size=size)
+    with pytest.raises(TypeError, match="torch tensor"):
+        gram_hear.get_scene_embeddings([[0.0] * SR], model)

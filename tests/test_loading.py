@@ -85,6 +85,44 @@ def test_bad_config_values(kwargs, message):
         GramConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "field, value, error, message",
+    [
+        ("num_hidden_layers", 100000, ValueError, "num_hidden_layers must be in \\[1, 128\\], got 100000"),
+        ("num_attention_heads", 0, ValueError, "num_attention_heads must be in \\[1, 256\\], got 0"),
+        ("hidden_size", "64", TypeError, "hidden_size must be an int, got str '64'"),
+        ("layer_norm_eps", -1, ValueError, "layer_norm_eps must be in \\(0.0, 1.0\\), got -1"),
+        ("hop_length", 0, ValueError, "hop_length must be in"),
+        ("sampling_rate", 32000.5, TypeError, "sampling_rate must be an int"),
+        ("chunk_batch_size", 0, ValueError, "chunk_batch_size must be in"),
+        ("chunk_batch_size", None, TypeError, "chunk_batch_size must be an int"),
+        ("hidden_dropout_prob", float("nan"), ValueError, "hidden_dropout_prob must be in"),
+        ("qkv_bias", "yes", TypeError, "qkv_bias must be true or false"),
+        ("hidden_act", "swish2", ValueError, "hidden_act must be one of"),
+        ("decoder_num_attention_heads", 7, ValueError, "decoder_hidden_size \\(512\\) must be divisible"),
+        ("decoder_window_sizes", [2, 5, 10, 25, 50, 0, 0, -1], ValueError, "decoder_window_sizes must be ints"),
+    ],
+)
+def test_config_json_values_are_validated_with_the_field_named(field, value, error, message, tmp_path):
+    """config.json is user input: a bad value is refused at construction (from_pretrained included), before any
+    model is built, instead of hanging, dividing by zero or giving NaN later."""
+    GramConfig.from_variant("binaural-time").save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    values[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    with pytest.raises(error, match=message):
+        GramConfig.from_pretrained(tmp_path)
+
+
+def test_extractor_disagreeing_with_the_config_is_refused():
+    config = GramConfig.from_variant("binaural-time")
+    config.check_feature_extractor(GramFeatureExtractor())
+    with pytest.raises(ValueError, match="hop_length: model 320, extractor 160"):
+        config.check_feature_extractor(GramFeatureExtractor(hop_length=160))
+    with pytest.raises(ValueError, match="num_channels: model 2, extractor 7"):
+        config.check_feature_extractor(GramFeatureExtractor(num_channels=7))
+
+
 def test_unknown_variant():
     with pytest.raises(ValueError, match="binaural-frame, binaural-time"):
         GramConfig.from_variant("stereo-frame")

@@ -37,7 +37,7 @@ if ROOT not in sys.path:
 
 from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS, GramConfig  # noqa: E402
 from feature_extraction_gram import GramFeatureExtractor, htk_mel_filterbank  # noqa: E402
-from gram_io import OUTPUT_MARKER, OutputDirectoryError, check_output_dir, staged_directory  # noqa: E402
+from gram_io import OUTPUT_MARKER, OutputDirectoryError, check_output_dir, printable, staged_directory  # noqa: E402
 from modeling_gram import REMOTE_CODE_FILES, GramForPreTraining, GramModel  # noqa: E402
 from safe_checkpoint import CheckpointError, TensorSpec, read_checkpoint  # noqa: E402
 
@@ -224,6 +224,8 @@ def _load_checked(key: str, spec: TensorSpec, shape: tuple[int, ...]) -> torch.T
     """Reads one tensor whose shape was validated; refuses non-float and non-finite values."""
     if tuple(spec.shape) != tuple(shape):
         raise ConversionError(f"{key}: checkpoint {tuple(spec.shape)} vs expected {tuple(shape)}.")
+    if not spec.dtype.is_floating_point:
+        raise ConversionError(f"{key} holds {spec.dtype} values; GRAM weights are floating-point.")
     tensor = spec.load()
     if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
         raise ConversionError(f"{key} holds NaN or Inf values; the checkpoint is corrupt (or from a diverged run).")
@@ -495,11 +497,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.dry_run or args.push_to_hub:
             for name in files:
                 print(f"  {name}")
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except CheckpointError as error:  # keys and names come from the file: printed escaped and bounded
+        print(f"error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # the output location: permissions, a full disk, ...
-        print(f"error: {error.strerror or error}: {error.filename or args.output_dir}", file=sys.stderr)
+        print(f"error: {printable(f'{error.strerror or error}: {error.filename or args.output_dir}')}", file=sys.stderr)
         return 2
     return 0
 

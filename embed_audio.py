@@ -36,7 +36,7 @@ if ROOT not in sys.path:
 
 from configuration_gram import POOLING_STRATEGIES  # noqa: E402
 from feature_extraction_gram import GramFeatureExtractor, resample_audio  # noqa: E402
-from gram_io import OutputDirectoryError, check_output_dir, staged_directory  # noqa: E402
+from gram_io import OutputDirectoryError, check_output_dir, printable, staged_directory  # noqa: E402
 from modeling_gram import GramModel  # noqa: E402
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -246,15 +246,15 @@ def main(argv=None) -> int:
     try:
         done, skipped = embed_files(args)
     except (ValueError, OutputDirectoryError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(error)}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"error: {error.strerror or error}: {error.filename or args.output_dir}", file=sys.stderr)
+        print(f"error: {printable(f'{error.strerror or error}: {error.filename or args.output_dir}')}", file=sys.stderr)
         return 2
     where = args.output_dir if done else "nothing written"
     print(f"Embedded {done} file(s) ({where}); skipped {len(skipped)}.")
-    for path, reason in skipped:
-        print(f"  skipped {path}: {reason}")
+    for path, reason in skipped:  # file names can hold terminal escape sequences
+        print(f"  skipped {printable(path, 500)}: {printable(reason, 500)}")
     return 0 if done else 1
 
 

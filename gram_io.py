@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,13 @@ class OutputDirectoryError(ValueError):
     """The output directory cannot be written safely; the message says why and what to do."""
 
 
+def printable(text: str, limit: int = 2000) -> str:
+    """`text` safe to print on a terminal: control characters (escape sequences from file names or checkpoint
+    keys) shown escaped, and the length bounded."""
+    cleaned = "".join(ch if ch.isprintable() or ch == "\n" else ascii(ch)[1:-1] for ch in str(text)[: limit + 1])
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + " ..."
+
+
 def _files_under(directory: Path) -> set[str]:
     """Relative paths of everything under `directory` that is not a directory (files, links, pipes...)."""
     found = set()
@@ -47,15 +55,32 @@ def _files_under(directory: Path) -> set[str]:
 
 
 def read_marker(directory: str | os.PathLike) -> dict | None:
-    """The marker of a previous GRAM output in `directory`, or None."""
+    """The marker of a previous GRAM output in `directory`, or None when there is none or it is not one of
+    ours (a marker is data from the directory, so it is read as untrusted: a regular file of bounded size
+    whose entries are plain relative paths inside the directory)."""
+    path = os.path.join(directory, OUTPUT_MARKER)
     try:
-        with open(os.path.join(directory, OUTPUT_MARKER)) as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
         return None
-    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 16 << 20:
+            return None
+        try:
+            marker = json.loads(f.read())
+        except ValueError:
+            return None
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, list) or not all(_is_plain_relative(name) for name in files):
         return None
     return marker
+
+
+def _is_plain_relative(name) -> bool:
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\0" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split(os.sep))
 
 
 def check_output_dir(
@@ -90,7 +115,7 @@ def check_output_dir(
             marker = read_marker(path)
             if marker is None:
                 raise OutputDirectoryError(
-                    f"{path} holds files that no GRAM command wrote (it has no {OUTPUT_MARKER}); it is not replaced. "
+                    f"{path} holds files that no GRAM command wrote (it has no valid {OUTPUT_MARKER}); it is not replaced. "
                     "Choose another directory or move those files."
                 )
             foreign = sorted(existing - set(marker["files"]) - {OUTPUT_MARKER})
@@ -127,11 +152,11 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 def _remove_own_files(directory: Path, files: Iterable[str]) -> None:
-    """Deletes the listed files of a retired output, then its empty folders; anything else stays."""
-    for name in sorted(set(files) | {OUTPUT_MARKER}):
-        target = directory / name
-        if os.path.lexists(target) and not target.is_dir():
-            target.unlink()
+    """Deletes the files of a retired output that its marker lists *and* that are really inside it (links are
+    removed as links, never followed), then its empty folders; anything else stays."""
+    present = _files_under(directory)
+    for name in sorted((set(files) & present) | ({OUTPUT_MARKER} & present)):
+        os.unlink(directory / name)
     for base, _, _ in sorted(os.walk(directory), key=lambda entry: -len(entry[0])):
         try:
             os.rmdir(base)
@@ -191,6 +216,10 @@ def staged_directory(
     inputs = list(inputs)
     path = check_output_dir(output_dir, inputs, overwrite, overwrite_flag)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stale = sorted(path.parent.glob(f".{path.name}.staging-*"))
+    if stale:  # left by a killed run (kill -9 cannot be cleaned up after); not deleted: say where they are
+        logger.warning("Found %d staging folder(s) of an interrupted earlier run, e.g. %s; delete them when no "
+                       "GRAM command is writing %s.", len(stale), stale[0], path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     swapped = False
     try:

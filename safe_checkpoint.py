@@ -36,10 +36,12 @@ import torch
 # ~600 storages, largest tensor 2.4 M elements), far below what could exhaust memory or the C stack.
 MAX_PICKLE_BYTES = 64 << 20
 MAX_NESTING = 100
+MAX_HASHABLE_WEIGHT = 10_000  # items of a tuple/frozenset counted with repetition: bounds hashing a DAG
+MAX_OBJECTS = 1_000_000  # containers, placeholders and names the pickle may create
 MAX_RECORDS = 200_000
 MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32
 MAX_TENSOR_DIMS = 8
-MAX_INT_BYTES = 64
+MAX_INT_BYTES = 8  # 64-bit: larger ints let a pickle build dict keys whose hashes all collide
 
 
 class CheckpointError(ValueError):
@@ -70,7 +72,12 @@ class TensorSpec:
     _load: Callable[[], torch.Tensor]
 
     def load(self) -> torch.Tensor:
-        tensor = self._load()
+        try:
+            tensor = self._load()
+        except CheckpointError:
+            raise
+        except (RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as error:
+            raise CheckpointError(f"A tensor of shape {tuple(self.shape)} cannot be read ({type(error).__name__}).") from None
         if tensor.shape != self.shape or tensor.dtype != self.dtype:  # pragma: no cover - internal invariant
             raise CheckpointError("A record did not give the tensor its description declares.")
         return tensor
@@ -120,9 +127,22 @@ _MARK = object()
 
 
 def _int_tuple(value, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or len(value) > MAX_TENSOR_DIMS or not all(type(v) is int and v >= 0 for v in value):
-        raise CheckpointError(f"Tensor {what} must be a tuple of at most {MAX_TENSOR_DIMS} non-negative ints.")
+    if not isinstance(value, tuple) or len(value) > MAX_TENSOR_DIMS or not all(
+        type(v) is int and 0 <= v <= MAX_TENSOR_ELEMENTS for v in value
+    ):
+        raise CheckpointError(f"Tensor {what} must be a tuple of at most {MAX_TENSOR_DIMS} ints in [0, {MAX_TENSOR_ELEMENTS}].")
     return value
+
+
+def _overlaps(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """True when two elements of the view share a storage element (stride 0, or interleaved strides): every
+    element of a weight must be its own bytes of the file, so a tiny record cannot pose as a huge tensor."""
+    reach = 0  # the largest offset reachable with the dimensions seen so far
+    for size, step in sorted((d for d in zip(shape, stride) if d[0] > 1), key=lambda d: d[1]):
+        if step <= reach:
+            return True
+        reach += (size - 1) * step
+    return False
 
 
 def _rebuild_tensor(storage, offset, shape, stride, *_ignored) -> _TensorRef:
@@ -137,6 +157,9 @@ def _rebuild_tensor(storage, offset, shape, stride, *_ignored) -> _TensorRef:
         raise CheckpointError(f"A tensor declares {numel} elements, more than the {MAX_TENSOR_ELEMENTS} allowed.")
     if numel and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= storage.numel:
         raise CheckpointError(f"A tensor of shape {shape} reaches past the end of its storage record {storage.key}.")
+    if numel and _overlaps(shape, stride):
+        raise CheckpointError(f"A tensor of shape {shape} with strides {stride} reuses storage elements (torch.save never "
+                              "writes such views of weights); refused.")
     return _TensorRef(storage, offset, shape, stride)
 
 
@@ -171,8 +194,10 @@ class _PickleMachine:
         self.data, self.pos = data, 0
         self.stack: list[Any] = []
         self.memo: dict[int, Any] = {}
-        self.depth: dict[int, int] = {}  # id -> nesting depth of the tuples/frozensets built here
+        self.depth: dict[int, tuple[int, int]] = {}  # id -> (nesting depth, weight) of tuples/frozensets built here
         self.keep_alive: list[Any] = []  # ids in `depth` stay valid
+        self.objects = 0
+        self.storages: dict[str, _StorageRef] = {}
 
     # -- reading the byte stream --
     def take(self, size: int) -> bytes:
@@ -212,12 +237,26 @@ class _PickleMachine:
             raise CheckpointError("The checkpoint's pickle has an empty stack where a value is needed.")
         return self.stack[-1]
 
+    def new(self, value):
+        """Counts every object the pickle makes: a few bytes of pickle must not make gigabytes of objects."""
+        self.objects += 1
+        if self.objects > MAX_OBJECTS:
+            raise CheckpointError(f"The checkpoint's pickle creates more than {MAX_OBJECTS} objects.")
+        return value
+
     def hashable(self, items, kind: type):
-        depth = 1 + max((self.depth.get(id(item), 0) for item in items), default=0)
+        """A tuple or frozenset, whose depth and total size (items counted with repetition, as hashing and
+        comparing visit them) are bounded: a shared sub-tuple used twice per level would make hashing a
+        100-deep key take 2^100 steps."""
+        known = [self.depth.get(id(item), (0, 1)) for item in items]
+        depth = 1 + max((d for d, _ in known), default=0)
+        weight = 1 + sum(w for _, w in known)
         if depth > MAX_NESTING:
             raise CheckpointError(f"The checkpoint nests containers more than {MAX_NESTING} deep.")
-        value = kind(items)
-        self.depth[id(value)] = depth
+        if weight > MAX_HASHABLE_WEIGHT:
+            raise CheckpointError(f"The checkpoint builds a tuple of more than {MAX_HASHABLE_WEIGHT} items in all.")
+        value = self.new(kind(items))
+        self.depth[id(value)] = (depth, weight)
         self.keep_alive.append(value)
         return value
 
@@ -267,9 +306,12 @@ class _PickleMachine:
         if dtype is None:
             name = storage_type.name if isinstance(storage_type, _Global) else type(storage_type).__name__
             raise CheckpointError(f"Unsupported storage type {name[:60]!r} in the checkpoint.")
-        if not (isinstance(key, str) and _STORAGE_KEY.fullmatch(key)) or type(numel) is not int or numel < 0:
+        if not (isinstance(key, str) and _STORAGE_KEY.fullmatch(key)) or type(numel) is not int or not 0 <= numel <= 1 << 34:
             raise CheckpointError("A storage record of the checkpoint has an invalid name or size.")
-        return _StorageRef(key, dtype, numel)
+        ref = _StorageRef(key, dtype, numel)
+        if self.storages.setdefault(key, ref) != ref:
+            raise CheckpointError(f"Storage record {key} is declared twice with different dtypes or sizes.")
+        return ref
 
     # -- the interpreter --
     def run(self):
@@ -341,9 +383,9 @@ class _PickleMachine:
                 del stack[-count:]
                 stack.append(self.hashable(items, tuple))
             elif op == b"]":
-                stack.append([])
+                stack.append(self.new([]))
             elif op == b"l":
-                stack.append(self.pop_mark())
+                stack.append(self.new(self.pop_mark()))
             elif op == b"a":
                 value = self.pop()
                 self.extend(self.top(), [value])
@@ -351,10 +393,12 @@ class _PickleMachine:
                 items = self.pop_mark()
                 self.extend(self.top(), items)
             elif op == b"}":
-                stack.append({})
+                stack.append(self.new({}))
             elif op == b"d":
                 items = self.pop_mark()
-                container: dict = {}
+                if len(items) % 2:
+                    raise CheckpointError("The checkpoint's pickle has an odd number of dictionary items.")
+                container: dict = self.new({})
                 for key, value in zip(items[::2], items[1::2]):
                     self.setitem(container, key, value)
                 stack.append(container)
@@ -369,7 +413,7 @@ class _PickleMachine:
                 for key, value in zip(items[::2], items[1::2]):
                     self.setitem(container, key, value)
             elif op == b"\x8f":  # EMPTY_SET
-                stack.append(set())
+                stack.append(self.new(set()))
             elif op == b"\x90":  # ADDITEMS
                 items = self.pop_mark()
                 container = self.top()
@@ -394,15 +438,15 @@ class _PickleMachine:
                 stack.append(self.memo[index])
             elif op == b"c":  # GLOBAL
                 module, name = self.line(), self.line()
-                stack.append(_Global(f"{module}.{name}"))
+                stack.append(self.new(_Global(f"{module}.{name}")))
             elif op == b"\x93":  # STACK_GLOBAL
                 name, module = self.pop(), self.pop()
-                if not (isinstance(module, str) and isinstance(name, str)):
-                    raise CheckpointError("The checkpoint's pickle names a global with non-strings.")
-                stack.append(_Global(f"{module}.{name}"))
+                if not (isinstance(module, str) and isinstance(name, str)) or len(module) + len(name) > 512:
+                    raise CheckpointError("The checkpoint's pickle names a global with non-strings or a huge name.")
+                stack.append(self.new(_Global(f"{module}.{name}")))
             elif op == b"R":  # REDUCE
                 args, function = self.pop(), self.pop()
-                stack.append(self.call(function, args))
+                stack.append(self.new(self.call(function, args)))
             elif op in (b"\x81", b"\x92"):  # NEWOBJ, NEWOBJ_EX: instances of classes are never made
                 if op == b"\x92":
                     self.pop()
@@ -410,14 +454,14 @@ class _PickleMachine:
                 cls = self.pop()
                 if not isinstance(cls, (_Global, _Inert)):
                     raise CheckpointError("The checkpoint's pickle instantiates a non-class.")
-                stack.append(_Inert(cls.name if isinstance(cls, _Global) else cls.origin))
+                stack.append(self.new(_Inert(cls.name if isinstance(cls, _Global) else cls.origin)))
             elif op == b"b":  # BUILD: object state. Only our placeholders and dicts accept it, and ignore it.
                 self.pop()
                 target = self.top()
                 if not isinstance(target, (_Inert, _StateDict)):
                     raise CheckpointError(f"The checkpoint's pickle sets the state of a {type(target).__name__}; refused.")
             elif op == b"Q":  # BINPERSID
-                stack.append(self.persistent(self.pop()))
+                stack.append(self.new(self.persistent(self.pop())))
             else:
                 raise CheckpointError(f"The checkpoint's pickle uses opcode {op!r}, which checkpoints never need; refused.")
 
@@ -463,10 +507,15 @@ def _read_record(archive: zipfile.ZipFile, name: str, expected_size: int | None 
         raise CheckpointError(f"Record {name!r} holds {info.file_size} bytes; its tensors declare {expected_size}.")
     if info.file_size > limit:
         raise CheckpointError(f"Record {name!r} declares {info.file_size} bytes, more than allowed ({limit}).")
+    if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+        # torch.save stores records uncompressed; a compressed one could inflate far beyond the file's size
+        raise CheckpointError(f"Record {name!r} is compressed; torch.save writes uncompressed records.")
     try:
         data = archive.read(info)  # checks the CRC and the declared size
     except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as error:
         raise CheckpointError(f"Record {name!r} is corrupt ({error}).") from None
+    except MemoryError:
+        raise CheckpointError(f"Not enough memory to read record {name!r} ({info.file_size} bytes).") from None
     if len(data) != info.file_size:
         raise CheckpointError(f"Record {name!r} is truncated.")
     return data

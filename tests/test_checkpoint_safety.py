@@ -3,6 +3,7 @@ that can be shown (torch's own loaders fall for it), and checks the converter re
 error, runs nothing, writes nothing and reads no byte before names and shapes are validated."""
 
 import io
+import json
 import math
 import os
 import pickle
@@ -159,13 +160,17 @@ def test_record_sizes_must_match_and_conversions_are_byte_identical(tmp_path, ca
 
 def test_storage_views_and_dtypes_are_rebuilt_exactly(tmp_path):
     base = torch.randn(6, 5)
-    state = {"t": base.t(), "slice": base[1:4, ::2], "expand": torch.ones(3).expand(4, 3), "bf16": base.bfloat16(),
+    state = {"t": base.t(), "slice": base[1:4, ::2], "bf16": base.bfloat16(),
              "int": torch.arange(7), "bool": base > 0, "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
     torch.save(state, tmp_path / "views.pt")
     specs, _ = read_checkpoint(str(tmp_path / "views.pt"))
     for key, value in state.items():
         loaded = specs[key].load()
         assert loaded.dtype == value.dtype and torch.equal(loaded, value), key
+    # An expanded view reuses storage elements: never a weight, refused (a tiny record cannot pose as a big tensor).
+    torch.save({"expand": torch.ones(3).expand(4, 3)}, tmp_path / "expand.pt")
+    with pytest.raises(CheckpointError, match="reuses storage elements"):
+        read_checkpoint(str(tmp_path / "expand.pt"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -192,11 +197,13 @@ def _state_with(modify):
 
 
 @pytest.mark.parametrize("modify, message", [
-    # 3,000 layers declared by (zero-stride, tiny) tensors: refused from the names, nothing read or built
-    (lambda s: s.update({f"encoder.layers.encoder_layer_{i}.ln_1.weight": torch.zeros(1).expand(64) for i in range(2, 3000)}),
+    # 3,000 layers: refused from the names, nothing read or built
+    (lambda s: s.update({f"encoder.layers.encoder_layer_{i}.ln_1.weight": torch.zeros(64) for i in range(2, 3000)}),
      "num_hidden_layers must be in"),
     (lambda s: s.update({"encoder.layers.encoder_layer_99.ln_1.weight": torch.zeros(64)}), "missing encoder layer \\[2,"),
-    (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(1).expand(8192, 2, 16, 8)}), "Shape mismatches|not fit"),
+    (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(8192, 2, 16, 8)}), "Shape mismatches|not fit"),
+    # a huge tensor posed by a zero-stride view of one element
+    (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(1).expand(8192, 2, 16, 8)}), "reuses storage elements"),
     (lambda s: s.pop("encoder.layers.encoder_layer_0.mlp.0.weight"), "no 'gram.encoder.layer.0.mlp.fc1.weight'"),
 ])
 def test_architecture_is_validated_before_any_tensor_is_read(modify, message, tmp_path, capsys, no_byte_reads):
@@ -245,7 +252,7 @@ def test_upper_case_safetensors_and_zip_bombs(tmp_path, capsys):
                 raw[size_at:size_at + 4] = struct.pack("<I", 16)
             start += 4
     bomb.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="corrupt|declares|truncated"):
+    with pytest.raises(CheckpointError, match="is compressed"):
         read_checkpoint(str(bomb))[0]["w"].load()
 
 
@@ -329,3 +336,98 @@ def test_interrupts_leave_the_old_or_the_new_output_complete(sig, tmp_path):
         assert {(output / n).read_text() for n in names if n.startswith("part")} == {"new" * 1000}
         if sig == "SIGINT":  # a clean interrupt leaves no hidden staging directory behind
             assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_unwritable_parent_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    import gram_io
+
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(gram_io.os, "access", lambda path, mode: False if str(path).endswith("locked") else real_access(path, mode))
+    monkeypatch.setattr(convert_checkpoint, "load_untrusted_checkpoint", lambda *a: pytest.fail("read before checking"))
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "locked" / "out")
+    assert code == 2 and "no permission to write in" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the attack review: amplification, aliasing, type confusion, escapes, hostile output markers
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("payload, message", [
+    # a DAG of shared 2-tuples, 26 levels deep (6 bytes per level), as a dict key: hashing visits 2^26 paths
+    (b"\x80\x02}" + b")q\x000" + b"h\x00h\x00\x86q\x000" * 26 + b"h\x00Ns.", "tuple of more than 10000 items"),
+    # one byte per new object (EMPTY_SET, POP): a 2 MB pickle would otherwise make ~400 MB of sets
+    (b"\x80\x02" + b"\x8f0" * 1_100_000 + b"N.", "more than 1000000 objects"),
+    # two memoised strings joined into a new global name per 5 bytes
+    (b"\x80\x02" + unicode("m" * 200) + b"q\x00" + unicode("n" * 200) + b"q\x01" + b"h\x00h\x01\x930" * 1_100_000 + b"N.",
+     "more than 1000000 objects"),
+    # ints beyond 64 bits (a pickle could otherwise fill a dict with keys whose hashes all collide)
+    (b"\x80\x02}" + b"\x8a\x09" + b"\x01" * 9 + b"Ns.", "integer too large"),
+    # DICT with an odd number of items would silently drop a key
+    (b"\x80\x02(" + unicode("a") + b"d.", "odd number of dictionary items"),
+])
+def test_bounded_interpretation(payload, message, tmp_path):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "x.ckpt", payload)))
+    assert time.perf_counter() - start < 30
+
+
+def test_storage_aliasing_and_non_float_weights_are_refused(tmp_path, capsys):
+    # one record declared twice with different sizes: the view would be checked against the larger one
+    two = b"\x80\x02}(" + unicode("a") + tensor_pickle((4,), (1,), numel=4)[10:-2] + unicode("b") + tensor_pickle((8,), (1,), numel=8)[10:-2] + b"u."
+    with pytest.raises(CheckpointError, match="declared twice"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "two.ckpt", two, {"0": b"\0" * 32})))
+    # int64 / bool storages posing as weights: refused, not cast to float
+    state = _state_with(lambda s: s.update({"cls_token": torch.full(s["cls_token"].shape, 2**62, dtype=torch.int64)}))
+    torch.save({"state_dict": state}, tmp_path / "ints.pt")
+    code, err = run_converter(capsys, tmp_path / "ints.pt", tmp_path / "out")
+    assert code == 2 and "holds torch.int64 values; GRAM weights are floating-point" in err
+
+
+def test_error_lines_escape_terminal_control_sequences(tmp_path, capsys):
+    evil_key = "\x1b[2K\r\x1b[32mConverted OK\x1b[8m" + "x" * 5000 + ".mel_scale.fb"
+    state = _state_with(lambda s: s.update({evil_key: torch.zeros(3)}))
+    torch.save({"state_dict": state}, tmp_path / "evil.pt")
+    code, err = run_converter(capsys, tmp_path / "evil.pt", tmp_path / "out")
+    error_line = [line for line in err.split("\n") if line.startswith("error:")][0]
+    assert code == 2 and "\x1b" not in err and "\\x1b[32mConverted OK" in error_line and len(error_line) < 2100
+
+
+@pytest.mark.parametrize("marker", ["traversal", "fifo", "not-a-list"])
+def test_a_hostile_output_marker_never_deletes_outside_files(marker, tmp_path, capsys):
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    output = tmp_path / "out"
+    assert run_converter(capsys, tmp_path / "ckpt.pt", output)[0] == 0
+    (tmp_path / "victim.txt").write_text("keep me")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "victim.txt").write_text("keep me too")
+    os.symlink(tmp_path / "elsewhere", output / "link")
+    listed = json.loads((output / ".gram-output.json").read_text())["files"]
+    (output / ".gram-output.json").unlink()
+    if marker == "traversal":
+        (output / ".gram-output.json").write_text(json.dumps(
+            {"tool": "x", "files": [*listed, "link", "../victim.txt", str(tmp_path / "victim.txt"), "link/victim.txt"]}))
+    elif marker == "fifo":
+        os.mkfifo(output / ".gram-output.json")
+    else:
+        (output / ".gram-output.json").write_text(json.dumps({"files": [*listed, 3]}))
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", output, "--overwrite")
+    assert code == 2 and "no GRAM command wrote" in err
+    assert (tmp_path / "victim.txt").read_text() == "keep me"
+    assert (tmp_path / "elsewhere" / "victim.txt").read_text() == "keep me too"
+
+
+def test_removal_of_an_old_output_never_follows_links(tmp_path):
+    import gram_io
+
+    old = tmp_path / "old"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "victim.txt").write_text("keep me")
+    (old / "sub").mkdir(parents=True)
+    (old / "sub" / "a.txt").write_text("ours")
+    os.symlink(tmp_path / "elsewhere", old / "link")
+    gram_io._remove_own_files(old, ["sub/a.txt", "link", "link/victim.txt", "../elsewhere/victim.txt"])
+    assert not old.exists() and (tmp_path / "elsewhere" / "victim.txt").read_text() == "keep me"

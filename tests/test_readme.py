@@ -112,4 +112,4 @@ def test_readme_embedding_command_runs(tmp_path, monkeypatch, local_default_mode
     sf.write("recordings/day1/a.flac", noise, 32000)
     sf.write("extra.wav", noise[:20000], 32000)
     assert embed_audio.main(argv[2:] + ["--quiet"]) == 0
-    assert os.path.isfile("embeddings/day1/a.flac.npy") and os.path.isfile("embeddings/extra.wav.timestamps.npy")
+    assert os.path.isfile("embeddings/recordings/day1/a.flac.npy") and os.path.isfile("embeddings/extra.wav.timestamps.npy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -13,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 try:  # loaded by transformers as remote code (a package)
     from .configuration_gram import POOLING_STRATEGIES, GramConfig
@@ -125,16 +127,14 @@ class GramEmbeddings(nn.Module):
         self.normalized_shape = (config.num_channels, config.num_mel_bins, config.chunk_frames)
         self.patch_embeddings = GramPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        # Fixed, but a parameter so that it is saved with the weights (and restored on loading).
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, config.num_patches + 1, config.hidden_size), requires_grad=False
-        )
+        # The fixed sin-cos table: a persistent buffer, saved and loaded with the weights, never trained.
+        self.register_buffer("position_embeddings", self.sincos_table(config), persistent=True)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def initialize_position_embeddings(self) -> None:
-        table = get_2d_sincos_position_embeddings(self.config.hidden_size, self.config.grid_size, add_cls_token=True)
-        with torch.no_grad():
-            self.position_embeddings.copy_(table.unsqueeze(0).to(self.position_embeddings.dtype))
+    @staticmethod
+    def sincos_table(config: GramConfig) -> torch.Tensor:
+        """`(1, 1 + num_patches, hidden_size)` float32, CLS row first (zeros)."""
+        return get_2d_sincos_position_embeddings(config.hidden_size, config.grid_size, add_cls_token=True).float()[None]
 
     def normalize(self, chunks: torch.Tensor) -> torch.Tensor:
         """Per-chunk normalisation of the original: LayerNorm without affine over (channels, mels, frames).
@@ -168,7 +168,7 @@ class GramEmbeddings(nn.Module):
         """
         weight = self.patch_embeddings.projection.weight
         patches = self.patch_embeddings(normalized.to(weight.dtype))  # (N, P, D)
-        position = self.position_embeddings.detach()  # fixed table: never trained, whatever requires_grad says
+        position = self.position_embeddings.to(patches.dtype)
         patches = patches + position[:, 1:]
         if visible_index is None and bool_masked_pos is not None:
             visible_index = visible_patch_index(bool_masked_pos)
@@ -201,13 +201,8 @@ def eager_attention_forward(
 
 
 class GramSelfAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (the layout of `nn.MultiheadAttention.in_proj`).
-
-    With `config.attention_window_sizes` (the MW-MAE decoder), head `h` with window `w > 0` attends only
-    within non-overlapping windows of `w` consecutive tokens and adds a learnable relative-position bias
-    (one value per offset, `2w - 1` of them); `w = 0` is global attention. All heads run as one batched
-    attention with an additive `(heads, seq, seq)` mask, not a loop over heads or windows.
-    """
+    """Multi-head self-attention with a fused qkv projection (the layout of `nn.MultiheadAttention.in_proj`),
+    through transformers' attention interface (SDPA by default, eager, flash attention)."""
 
     def __init__(self, config: GramConfig):
         super().__init__()
@@ -218,47 +213,14 @@ class GramSelfAttention(nn.Module):
         self.is_causal = False
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.window_sizes = list(getattr(config, "attention_window_sizes", None) or [0] * self.num_heads)
-        self.relative_position_bias_tables = nn.ParameterDict(
-            {str(h): nn.Parameter(torch.zeros(2 * w - 1, 1)) for h, w in enumerate(self.window_sizes) if w > 0}
-        )
-        self._window_layouts: dict = {}  # (seq_len, device) -> (index, allowed); derived, never saved
 
-    def _window_layout(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per head: each (query, key) pair's entry in the concatenated bias tables (the last entry, a zero,
-        for global heads) and whether the pair shares a window, both `(heads, seq_len, seq_len)`."""
-        position = torch.arange(seq_len, device=device)
-        offset = position[:, None] - position[None, :]  # i - j, as the original relative_position_index
-        indices, allowed, table_start = [], [], 0
-        for window in self.window_sizes:
-            if window > 0:
-                indices.append(table_start + (offset + window - 1).clamp(0, 2 * window - 2))
-                allowed.append((position[:, None] // window) == (position[None, :] // window))
-                table_start += 2 * window - 1
-            else:
-                indices.append(None)
-                allowed.append(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device))
-        zero_entry = torch.full((seq_len, seq_len), table_start, dtype=torch.long, device=device)
-        index = torch.stack([zero_entry if i is None else i for i in indices])
-        return index, torch.stack(allowed)
+    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        return None
 
-    def window_bias(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        """Additive attention bias `(1, heads, seq_len, seq_len)`, or None when every head is global."""
-        if not self.relative_position_bias_tables:
-            return None
-        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
-            # Not cached here: filled while tracing, the cache would invalidate the compiled graph's guards
-            # (a recompilation; the layout is traced as constants instead), and inference-mode tensors in it
-            # could not be saved for a later backward pass.
-            index, allowed = self._window_layout(seq_len, device)
-        else:
-            key = (seq_len, device)
-            if key not in self._window_layouts:
-                self._window_layouts[key] = self._window_layout(seq_len, device)
-            index, allowed = self._window_layouts[key]
-        tables = [self.relative_position_bias_tables[str(h)].view(-1) for h, w in enumerate(self.window_sizes) if w > 0]
-        flat = torch.cat(tables + [tables[0].new_zeros(1)])
-        return flat[index].masked_fill(~allowed, float("-inf")).unsqueeze(0).to(dtype)
+    def attention_interface(self, output_attentions: bool) -> Callable:
+        if output_attentions or self.config._attn_implementation == "eager":
+            return eager_attention_forward
+        return ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         batch, seq_len, _ = hidden_states.shape
@@ -266,20 +228,74 @@ class GramSelfAttention(nn.Module):
         query, key, value = self.qkv(hidden_states).view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4
         )
-        attention_fn: Callable = eager_attention_forward
-        if not output_attentions and self.config._attn_implementation != "eager":
-            attention_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        context, weights = attention_fn(
+        context, weights = self.attention_interface(output_attentions)(
             self,
             query,
             key,
             value,
-            self.window_bias(seq_len, hidden_states.device, query.dtype),
+            self.attention_bias(query.dtype),
             scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
             is_causal=False,
         )
         return self.proj(context.reshape(batch, seq_len, -1)), weights
+
+
+class GramWindowedSelfAttention(GramSelfAttention):
+    """The MW-MAE decoder's multi-window attention over the `num_patches` tokens of a chunk.
+
+    Head `h` with window `w > 0` attends only within non-overlapping windows of `w` consecutive tokens and adds
+    a learnable relative-position bias (one value per offset, `2w - 1` of them); `w = 0` is global attention.
+    All heads run as one batched attention with an additive `(heads, seq, seq)` bias built from two buffers
+    made once in `__init__` (as timm/Swin keep their index tables), not a loop over heads or windows.
+
+    Flash attention cannot take an additive bias (it would read it as a padding mask): under
+    `attn_implementation="flash_attention_2"` this module runs SDPA instead, so the result stays exact.
+    """
+
+    def __init__(self, config: GramConfig):
+        super().__init__(config)
+        self.window_sizes = list(config.decoder_window_sizes)
+        if len(self.window_sizes) != self.num_heads:
+            raise ValueError(f"Expected {self.num_heads} window sizes, got {self.window_sizes}.")
+        self.relative_position_bias_tables = nn.ParameterDict(
+            {str(h): nn.Parameter(torch.zeros(2 * w - 1, 1)) for h, w in enumerate(self.window_sizes) if w > 0}
+        )
+        index, allowed = self.window_layout(self.window_sizes, config.num_patches)
+        # Derived from the config: rebuilt, never saved (conversion checks the original's index tables).
+        self.register_buffer("bias_index", index, persistent=False)
+        self.register_buffer("window_mask", allowed, persistent=False)
+
+    @staticmethod
+    def window_layout(window_sizes: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head `(heads, seq_len, seq_len)`: each (query, key) pair's entry in the concatenated bias tables
+        (the last entry, a zero, for global heads) and whether the pair shares a window."""
+        position = torch.arange(seq_len)
+        offset = position[:, None] - position[None, :]  # i - j, as the original relative_position_index
+        indices, allowed, table_start = [], [], 0
+        for window in window_sizes:
+            if window > 0:
+                indices.append(table_start + (offset + window - 1).clamp(0, 2 * window - 2))
+                allowed.append((position[:, None] // window) == (position[None, :] // window))
+                table_start += 2 * window - 1
+            else:
+                indices.append(None)
+                allowed.append(torch.ones(seq_len, seq_len, dtype=torch.bool))
+        zero_entry = torch.full((seq_len, seq_len), table_start, dtype=torch.long)
+        return torch.stack([zero_entry if i is None else i for i in indices]), torch.stack(allowed)
+
+    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive attention bias `(1, heads, seq_len, seq_len)`, or None when every head is global."""
+        if not self.relative_position_bias_tables:
+            return None
+        tables = [self.relative_position_bias_tables[str(h)].view(-1) for h, w in enumerate(self.window_sizes) if w > 0]
+        flat = torch.cat(tables + [tables[0].new_zeros(1)])
+        return flat[self.bias_index].masked_fill(~self.window_mask, float("-inf")).unsqueeze(0).to(dtype)
+
+    def attention_interface(self, output_attentions: bool) -> Callable:
+        if self.relative_position_bias_tables and self.config._attn_implementation.startswith("flash"):
+            return ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", eager_attention_forward)
+        return super().attention_interface(output_attentions)
 
 
 class GramMLP(nn.Module):
@@ -296,12 +312,13 @@ class GramMLP(nn.Module):
 
 
 class GramLayer(nn.Module):
-    """Pre-LN transformer block (the original's torchvision `EncoderBlock`)."""
+    """Pre-LN transformer block (the original's torchvision `EncoderBlock`; the decoder's with windowed
+    attention)."""
 
-    def __init__(self, config: GramConfig):
+    def __init__(self, config: GramConfig, attention_class: type[GramSelfAttention] = GramSelfAttention):
         super().__init__()
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = GramSelfAttention(config)
+        self.attention = attention_class(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = GramMLP(config)
@@ -348,75 +365,64 @@ class GramEncoder(nn.Module):
 REMOTE_CODE_FILES = ("configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py")
 
 
-def _init_unless_loaded(tensor: torch.Tensor, init_fn: Callable[[torch.Tensor], None]) -> None:
-    # transformers marks tensors filled from a checkpoint; never overwrite those.
-    if not getattr(tensor, "_is_hf_initialized", False):
-        with torch.no_grad():
-            init_fn(tensor)
-
-
 class GramPreTrainedModel(PreTrainedModel):
     config_class = GramConfig
     base_model_prefix = "gram"
     main_input_name = "input_values"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _supports_flash_attn = True
+    _supports_flash_attn = True  # the encoder; the decoder's windowed heads run SDPA under flash
     _supports_flex_attn = False
     _supports_attention_backend = True
     _no_split_modules = ["GramLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
+        # transformers' `init` functions leave tensors loaded from a checkpoint untouched.
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            _init_unless_loaded(module.weight, nn.init.xavier_uniform_)
+            init.xavier_uniform_(module.weight)
             if module.bias is not None:
-                _init_unless_loaded(module.bias, nn.init.zeros_)
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
             # As MAE: a linear layer over flattened patches.
-            _init_unless_loaded(module.weight, lambda w: nn.init.xavier_uniform_(w.view(w.shape[0], -1)))
+            weight = module.weight
+            if not getattr(weight, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
             if module.bias is not None:
-                _init_unless_loaded(module.bias, nn.init.zeros_)
+                init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
-            _init_unless_loaded(module.weight, nn.init.ones_)
-            _init_unless_loaded(module.bias, nn.init.zeros_)
-        elif isinstance(module, (GramEmbeddings, GramDecoder)):
-            token = module.cls_token if isinstance(module, GramEmbeddings) else module.mask_token
-            _init_unless_loaded(token, lambda t: nn.init.normal_(t, std=std))
-            # The fixed sin-cos table: built unless a checkpoint provided it (then it is kept as saved).
-            if not getattr(module.position_embeddings, "_is_hf_initialized", False):
-                module.initialize_position_embeddings()
-        elif isinstance(module, GramSelfAttention):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, GramEmbeddings):
+            init.normal_(module.cls_token, std=std)
+            init.copy_(module.position_embeddings, GramEmbeddings.sincos_table(module.config))
+        elif isinstance(module, GramDecoder):
+            init.normal_(module.mask_token, std=std)
+            init.copy_(module.position_embeddings, GramDecoder.sincos_table(module.config))
+        if isinstance(module, GramWindowedSelfAttention):
             for table in module.relative_position_bias_tables.values():
-                _init_unless_loaded(table, lambda t: nn.init.trunc_normal_(t, std=std))
+                init.trunc_normal_(table, std=std)
+            # Derived buffers, never in a checkpoint: always rebuilt (they would be empty after meta-device loading).
+            index, allowed = module.window_layout(module.window_sizes, module.config.num_patches)
+            module.bias_index.copy_(index)
+            module.window_mask.copy_(allowed)
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then the fixed tables (and a frozen encoder) made non-trainable
-        again: transformers re-creates every loaded parameter with `requires_grad=True`."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model.restore_trainability()
-        return loaded
-
-    def restore_trainability(self) -> None:
-        for module in self.modules():
-            if isinstance(module, (GramEmbeddings, GramDecoder)):
-                module.position_embeddings.requires_grad_(False)
-        if isinstance(self, _GramHeadModel) and self.config.freeze_encoder:
-            self.freeze_encoder()
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """`PreTrainedModel.save_pretrained`, plus the remote-code files, so the directory loads with
-        `trust_remote_code=True` on its own (also offline)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the three remote-code files, so the directory loads with
+        `trust_remote_code=True` on its own (also offline). With `push_to_hub=True` the upload goes through
+        `push_to_hub`, which saves (code files included) into a fresh folder and uploads all of it."""
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr") if key in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", True):
-            return
-        here = os.path.dirname(os.path.abspath(__file__))
-        for name in REMOTE_CODE_FILES:
-            source = os.path.join(here, name)
-            if os.path.isfile(source):
-                shutil.copyfile(source, os.path.join(save_directory, name))
+        if kwargs.get("is_main_process", True):
+            here = os.path.dirname(os.path.abspath(__file__))
+            for name in REMOTE_CODE_FILES:
+                source = os.path.join(here, name)
+                if os.path.isfile(source):
+                    shutil.copyfile(source, os.path.join(save_directory, name))
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.push_to_hub(repo_id, **hub_kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -615,6 +621,7 @@ class GramModel(GramPreTrainedModel):
         hidden, all_hidden, all_attentions = self.encoder(embedded, output_hidden_states, output_attentions, num_layers)
         return self.layernorm(hidden), all_hidden, all_attentions
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
@@ -622,10 +629,8 @@ class GramModel(GramPreTrainedModel):
         strategy: str | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         layer: int | None = None,
-        **kwargs,
-    ) -> GramModelOutput | tuple:
+    ) -> GramModelOutput:
         r"""
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_channels, num_frames, num_mel_bins)`):
@@ -637,13 +642,12 @@ class GramModel(GramPreTrainedModel):
                 embeddings over real steps), "mean" (mean over each chunk's patch tokens, then over the clip's
                 chunks) or "cls" (each chunk's CLS token, averaged over chunks). Defaults to
                 `config.pooling_strategy`.
-            output_hidden_states, output_attentions, return_dict: as in `transformers`.
+            output_hidden_states, output_attentions, return_dict: as in `transformers` (`return_dict=False`
+                gives the output's non-None fields as a tuple).
             layer (`int`, *optional*): embed from the output of this layer (0 = patch embeddings,
                 `num_hidden_layers` = last, the default), with the final LayerNorm applied, as the original's
                 `get_audio_representation_from_layer`. Only the layers needed are run.
         """
-        if kwargs:
-            raise TypeError(f"GramModel.forward() got unexpected arguments: {', '.join(sorted(kwargs))}.")
         strategy = strategy if strategy is not None else self.config.pooling_strategy
         if strategy not in POOLING_STRATEGIES:
             raise ValueError(f"strategy must be one of {POOLING_STRATEGIES}, got {strategy!r}.")
@@ -651,8 +655,6 @@ class GramModel(GramPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-
         if layer is not None and not 0 <= layer <= self.config.num_hidden_layers:
             raise ValueError(f"layer must be in [0, {self.config.num_hidden_layers}], got {layer}.")
         layout = split_into_chunks(self.config, input_values, attention_mask)
@@ -662,10 +664,6 @@ class GramModel(GramPreTrainedModel):
         last_hidden_state, pooled, embedding_mask, timestamps = pool_chunk_tokens(self.config, tokens, layout, strategy)
         hidden_states = tuple(layout.per_clip(h) for h in all_hidden) if output_hidden_states else None
         attentions = tuple(layout.per_clip(a) for a in all_attentions) if output_attentions else None
-        if not return_dict:
-            return tuple(
-                v for v in (last_hidden_state, pooled, embedding_mask, timestamps, hidden_states, attentions) if v is not None
-            )
         return GramModelOutput(
             last_hidden_state=last_hidden_state,
             pooler_output=pooled,
@@ -707,25 +705,15 @@ class GramModel(GramPreTrainedModel):
 # ------------------------------------------------------------------------------------------------------
 # MW-MAE decoder and the pretraining model
 # ------------------------------------------------------------------------------------------------------
-class _DecoderConfig:
-    """The model config seen by the decoder layers: decoder sizes, everything else (the attention
-    implementation included, also when changed later) read live from the model config."""
-
-    def __init__(self, config: GramConfig):
-        self._config = config
-        self.hidden_size = config.decoder_hidden_size
-        self.num_hidden_layers = config.decoder_num_hidden_layers
-        self.num_attention_heads = config.decoder_num_attention_heads
-        self.intermediate_size = config.decoder_intermediate_size
-        self.layer_norm_eps = config.decoder_layer_norm_eps
-        self.attention_window_sizes = list(config.decoder_window_sizes)
-
-    def __getattr__(self, name):
-        # Only reached for names not set above; guard `_config` itself so copy/pickle (which build the
-        # object without __init__) do not recurse.
-        if name == "_config" or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._config, name)
+def decoder_config(config: GramConfig) -> GramConfig:
+    """The config of the decoder layers: a copy of the model config with the decoder's sizes (as ViTMAE)."""
+    decoder = copy.deepcopy(config)
+    decoder.hidden_size = config.decoder_hidden_size
+    decoder.num_hidden_layers = config.decoder_num_hidden_layers
+    decoder.num_attention_heads = config.decoder_num_attention_heads
+    decoder.intermediate_size = config.decoder_intermediate_size
+    decoder.layer_norm_eps = config.decoder_layer_norm_eps
+    return decoder
 
 
 @dataclass
@@ -767,19 +755,19 @@ class GramDecoder(nn.Module):
                 )
         self.decoder_embed = nn.Linear(config.hidden_size, size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, size))
-        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, size), requires_grad=False)
-        layer_config = _DecoderConfig(config)
-        self.layers = nn.ModuleList([GramLayer(layer_config) for _ in range(config.decoder_num_hidden_layers)])
+        self.register_buffer("position_embeddings", self.sincos_table(config), persistent=True)  # fixed, saved
+        layer_config = decoder_config(config)
+        self.layers = nn.ModuleList(
+            [GramLayer(layer_config, GramWindowedSelfAttention) for _ in range(config.decoder_num_hidden_layers)]
+        )
         self.layernorm = nn.LayerNorm(size, eps=config.decoder_layer_norm_eps)
         patch_dim = config.num_channels * config.patch_size[0] * config.patch_size[1]
         self.prediction = nn.Linear(size, patch_dim)
 
-    def initialize_position_embeddings(self) -> None:
-        table = get_2d_sincos_position_embeddings(
-            self.config.decoder_hidden_size, self.config.grid_size, add_cls_token=False
-        )
-        with torch.no_grad():
-            self.position_embeddings.copy_(table.unsqueeze(0).to(self.position_embeddings.dtype))
+    @staticmethod
+    def sincos_table(config: GramConfig) -> torch.Tensor:
+        """`(1, num_patches, decoder_hidden_size)` float32 (the decoder has no CLS token)."""
+        return get_2d_sincos_position_embeddings(config.decoder_hidden_size, config.grid_size, add_cls_token=False).float()[None]
 
     def forward(
         self, encoded: torch.Tensor, bool_masked_pos: torch.Tensor, visible_index: torch.Tensor | None = None
@@ -800,7 +788,7 @@ class GramDecoder(nn.Module):
             visible_index = visible_patch_index(bool_masked_pos)
         tokens = self.mask_token.to(visible.dtype).expand(batch, num_patches, -1)
         tokens = tokens.scatter(1, visible_index.unsqueeze(-1).expand(-1, -1, visible.shape[-1]), visible)
-        hidden = tokens + self.position_embeddings.detach().to(visible.dtype)
+        hidden = tokens + self.position_embeddings.to(visible.dtype)
         for layer in self.layers:
             hidden, _ = layer(hidden)
         return self.prediction(self.layernorm(hidden))
@@ -869,15 +857,14 @@ class GramForPreTraining(GramPreTrainedModel):
         weights = mask.float()
         return (per_patch * weights).sum() / weights.sum().clamp_min(1.0) * self.config.num_channels
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
         bool_masked_pos: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> GramForPreTrainingOutput | tuple:
+    ) -> GramForPreTrainingOutput:
         r"""
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_channels, chunk_frames, num_mel_bins)`):
@@ -887,12 +874,9 @@ class GramForPreTraining(GramPreTrainedModel):
             noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*): makes the random
                 masking reproducible (the smallest values are masked).
         """
-        if kwargs:
-            raise TypeError(f"GramForPreTraining.forward() got unexpected arguments: {', '.join(sorted(kwargs))}.")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         expected = (config.num_channels, config.chunk_frames, config.num_mel_bins)
         if not isinstance(input_values, torch.Tensor) or input_values.ndim != 4 or tuple(input_values.shape[1:]) != expected:
@@ -918,8 +902,6 @@ class GramForPreTraining(GramPreTrainedModel):
         )
         reconstruction = self.decoder(encoded, bool_masked_pos, visible_index).float()
         loss = self.reconstruction_loss(reconstruction, target, bool_masked_pos)
-        if not return_dict:
-            return tuple(v for v in (loss, reconstruction, bool_masked_pos, target, hidden_states) if v is not None)
         return GramForPreTrainingOutput(
             loss=loss, reconstruction=reconstruction, mask=bool_masked_pos, target=target, hidden_states=hidden_states
         )
@@ -953,6 +935,16 @@ class _GramHeadModel(GramPreTrainedModel):
         for parameter in self.gram.parameters():
             parameter.requires_grad_(False)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a `freeze_encoder` config freezes the loaded encoder again
+        (loading re-creates the parameters, trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.config.freeze_encoder:
+            model.freeze_encoder()
+        return loaded
+
     def _pooled(self, input_values, attention_mask, output_hidden_states):
         frozen = not any(p.requires_grad for p in self.gram.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
@@ -969,6 +961,8 @@ class GramForAudioClassification(_GramHeadModel):
     from `num_labels` and the labels' dtype when unset). `config.freeze_encoder=True` trains the head only.
     """
 
+    loss_type = "ForSequenceClassification"
+
     def __init__(self, config: GramConfig):
         super().__init__(config, config.num_labels)
 
@@ -976,14 +970,14 @@ class GramForAudioClassification(_GramHeadModel):
     def classifier(self) -> nn.Linear:
         return self.head
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> SequenceClassifierOutput:
         r"""
         Args:
             input_values, attention_mask: as in [`GramModel`].
@@ -991,30 +985,29 @@ class GramForAudioClassification(_GramHeadModel):
                 `(batch_size, num_labels)`, *optional*): class indices (single-label), multi-hot targets
                 (multi-label) or values (regression).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         pooled, outputs = self._pooled(input_values, attention_mask, output_hidden_states)
         logits = self.head(pooled)
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
-            if self.config.problem_type is None:
-                if self.config.num_labels == 1:
-                    self.config.problem_type = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    self.config.problem_type = "single_label_classification"
-                else:
-                    self.config.problem_type = "multi_label_classification"
-            if self.config.problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1), labels.float().view(logits.squeeze(-1).shape))
-            elif self.config.problem_type == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
-            elif self.config.problem_type == "multi_label_classification":
-                loss = F.binary_cross_entropy_with_logits(logits, labels.float())
-            else:
-                raise ValueError(f"Unknown problem_type {self.config.problem_type!r}.")
-        if not return_dict:
-            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+            problem_type = self.config.problem_type or self.infer_problem_type(labels)
+            if problem_type not in ("regression", "single_label_classification", "multi_label_classification"):
+                raise ValueError(f"Unknown problem_type {problem_type!r}.")
+            if problem_type != "single_label_classification":
+                labels = labels.float()
+            # transformers' sequence-classification loss, given the resolved problem type (the model's config is
+            # left as it is: a batch of labels does not rewrite it).
+            loss_config = copy.copy(self.config)
+            loss_config.problem_type = problem_type
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=loss_config)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def infer_problem_type(self, labels: torch.Tensor) -> str:
+        """As transformers infers it when `config.problem_type` is unset: from `num_labels` and the labels' dtype."""
+        if self.config.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.long, torch.int):
+            return "single_label_classification"
+        return "multi_label_classification"
 
 
 @dataclass
@@ -1046,15 +1039,14 @@ class GramForSoundLocalization(_GramHeadModel):
     def __init__(self, config: GramConfig):
         super().__init__(config, 3)
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> GramSoundLocalizationOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> GramSoundLocalizationOutput:
         pooled, outputs = self._pooled(input_values, attention_mask, output_hidden_states)
         directions = F.normalize(self.head(pooled).float(), dim=-1)
         loss = angular_error = None
@@ -1064,8 +1056,6 @@ class GramForSoundLocalization(_GramHeadModel):
             target = F.normalize(labels.to(directions.device).float(), dim=-1)
             loss = F.mse_loss(directions, target)
             angular_error = angular_error_degrees(directions.detach(), target)
-        if not return_dict:
-            return tuple(v for v in (loss, directions, angular_error, outputs.hidden_states) if v is not None)
         return GramSoundLocalizationOutput(
             loss=loss, directions=directions, angular_error=angular_error, hidden_states=outputs.hidden_states
         )
@@ -1075,5 +1065,5 @@ GramConfig.register_for_auto_class()
 GramModel.register_for_auto_class("AutoModel")
 GramForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 GramForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
-# A localization checkpoint is what `AutoModel` gives for its directory (its saved auto_map says so).
-GramForSoundLocalization.register_for_auto_class("AutoModel")
+# GramForSoundLocalization has no Auto class in transformers: `AutoModel` stays the base model (GramModel) for
+# every directory; load the head with GramForSoundLocalization.from_pretrained (see the README).

@@ -2,6 +2,7 @@
 the localization head's unit vectors and angular error, Auto-class loading, training with HF Trainer."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def test_classification_losses_follow_problem_type(num_labels, labels, expected_
     model = GramForAudioClassification(tiny_config("binaural-time", num_labels=num_labels)).eval()
     with torch.no_grad():
         out = model(features(3), labels=labels)
-    assert model.config.problem_type == expected_type
+    assert model.infer_problem_type(labels) == expected_type
+    assert model.config.problem_type is None  # inferred per call, the config is not rewritten by a batch
     assert out.logits.shape == (3, num_labels)
     if expected_type == "single_label_classification":
         expected = torch.nn.functional.cross_entropy(out.logits, labels)
@@ -92,13 +94,20 @@ def test_heads_load_through_auto_classes(tmp_path):
     loaded = AutoModelForAudioClassification.from_pretrained(tmp_path / "cls", trust_remote_code=True).eval()
     locator = GramForSoundLocalization(tiny_config("binaural-frame")).eval()
     locator.save_pretrained(tmp_path / "loc")
-    loaded_locator = AutoModel.from_pretrained(tmp_path / "loc", trust_remote_code=True).eval()
+    # The head has no Auto class in transformers: it loads by name from the directory's remote code ...
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    locator_class = get_class_from_dynamic_module("modeling_gram.GramForSoundLocalization", str(tmp_path / "loc"))
+    loaded_locator = locator_class.from_pretrained(tmp_path / "loc").eval()
+    # ... while AutoModel keeps the base-model convention: the encoder, for every directory.
+    encoder = AutoModel.from_pretrained(tmp_path / "loc", trust_remote_code=True).eval()
     assert type(loaded).__name__ == "GramForAudioClassification"
-    assert type(loaded_locator).__name__ == "GramForSoundLocalization"
+    assert type(loaded_locator).__name__ == "GramForSoundLocalization" and type(encoder).__name__ == "GramModel"
     x = features(2)
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, classifier(x).logits)
         assert torch.equal(loaded_locator(x).directions, locator(x).directions)
+        assert torch.equal(encoder(x).pooler_output, locator.gram(x).pooler_output)
         # the encoder of a fine-tuned directory still loads on its own
         assert torch.equal(GramModel.from_pretrained(tmp_path / "cls")(x).pooler_output, classifier.gram(x).pooler_output)
 
@@ -169,3 +178,94 @@ def test_fixed_tables_and_frozen_encoder_stay_untrainable_after_loading(tmp_path
     assert all(p.requires_grad for p in probe.classifier.parameters())
     trainable = {n for n, p in pretraining.named_parameters() if p.requires_grad}
     assert "decoder.mask_token" in trainable and not any("position_embeddings" in n for n in trainable)
+
+
+def test_save_pretrained_push_to_hub_uploads_complete_directories_for_every_class(tmp_path, monkeypatch):
+    """`save_pretrained(push_to_hub=True)` (faked Hub) uploads the weights *and* the three code files, for every
+    model class; what was uploaded loads back through the remote code."""
+    import shutil
+
+    import transformers.utils.hub as hub
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from modeling_gram import GramForPreTraining
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    class FakeCard:
+        def save(self, path):
+            open(path, "w").write("card")
+
+    def upload(self, working_dir, repo_id, files_timestamps, **kwargs):
+        shutil.copytree(working_dir, tmp_path / "hub" / repo_id, dirs_exist_ok=True)
+
+    monkeypatch.setattr(hub, "hf_api", lambda: FakeApi())
+    monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *args, **kwargs: FakeCard())
+    monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", upload)
+    config = tiny_config("binaural-time", num_labels=3, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                         decoder_intermediate_size=64)
+    for cls in (GramModel, GramForPreTraining, GramForAudioClassification, GramForSoundLocalization):
+        torch.manual_seed(0)
+        model = cls(config).eval()
+        model.save_pretrained(tmp_path / "local" / cls.__name__, push_to_hub=True, repo_id=f"me/{cls.__name__}")
+        pushed = tmp_path / "hub" / "me" / cls.__name__
+        assert {"config.json", "model.safetensors", "configuration_gram.py", "modeling_gram.py",
+                "feature_extraction_gram.py"} <= set(os.listdir(pushed)), cls
+        loaded = get_class_from_dynamic_module(f"modeling_gram.{cls.__name__}", str(pushed)).from_pretrained(pushed)
+        for name, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], value), (cls, name)
+
+
+def test_fixed_tables_are_buffers_and_outputs_can_be_tuples(tmp_path):
+    from modeling_gram import GramForPreTraining
+
+    config = tiny_config("binaural-frame", decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_intermediate_size=64)
+    model = GramForPreTraining(config)
+    model.save_pretrained(tmp_path)
+    loaded = GramForPreTraining.from_pretrained(tmp_path)
+    parameters = {name for name, _ in loaded.named_parameters()}
+    assert not any("position_embeddings" in name for name in parameters)
+    assert all(p.requires_grad for p in loaded.parameters())  # nothing trainable is frozen, nothing fixed trains
+    for name in ("gram.embeddings.position_embeddings", "decoder.position_embeddings"):
+        assert torch.equal(loaded.state_dict()[name], model.state_dict()[name])
+    # The decoder's config is a plain copy with the decoder's sizes (no proxy to the model's config).
+    layer_config = loaded.decoder.layers[0].attention.config
+    assert type(layer_config).__name__ == "GramConfig" and layer_config is not loaded.config
+    assert (layer_config.hidden_size, layer_config.num_attention_heads) == (32, 8)
+    x = torch.randn(2, 2, 200, 128)
+    noise = torch.rand(2, config.num_patches)
+    with torch.no_grad():
+        as_tuple = loaded(x, noise=noise, return_dict=False)
+        as_output = loaded(x, noise=noise)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], as_output.loss)
+
+
+def test_windowed_decoder_attention_never_hands_its_bias_to_flash_attention(monkeypatch):
+    """Flash attention reads an additive (H, L, L) bias as a padding mask: under flash_attention_2 the decoder's
+    windowed heads run SDPA instead, and give what eager attention gives."""
+    import modeling_gram
+    from modeling_gram import GramWindowedSelfAttention, decoder_config
+
+    config = decoder_config(tiny_config("binaural-time", decoder_hidden_size=32))
+    torch.manual_seed(0)
+    eager = GramWindowedSelfAttention(config).eval()
+    for table in eager.relative_position_bias_tables.values():
+        torch.nn.init.normal_(table)
+    requested = []
+    original = modeling_gram.ALL_ATTENTION_FUNCTIONS.get_interface
+
+    def spy(name, default):
+        requested.append(name)
+        return original(name, default)
+
+    monkeypatch.setattr(modeling_gram.ALL_ATTENTION_FUNCTIONS, "get_interface", spy)
+    x = torch.randn(2, config.num_patches, 32)
+    with torch.no_grad():
+        config._attn_implementation = "eager"
+        expected, _ = eager(x)
+        config._attn_implementation = "flash_attention_2"
+        got, _ = eager(x)
+    assert "flash_attention_2" not in requested and "sdpa" in requested
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

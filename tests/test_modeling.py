@@ -214,7 +214,7 @@ def test_position_table_is_the_original_sincos():
         (lambda: torch.randn(1, 2, 100, 128), {"attention_mask": torch.ones(1, 99)}, ValueError, "attention_mask of shape"),
         (lambda: torch.randn(1, 2, 4, 128), {"attention_mask": torch.tensor([[1, 0, 1, 0]])}, ValueError, "prefix"),
         (lambda: torch.randn(1, 2, 4, 128), {"attention_mask": torch.zeros(1, 4)}, ValueError, "all-zero row"),
-        (lambda: torch.randn(1, 2, 4, 128), {"pixel_values": 1}, TypeError, "unexpected arguments"),
+        (lambda: torch.randn(1, 2, 4, 128), {"pixel_values": 1}, TypeError, "unexpected keyword argument .pixel_values."),
         (lambda: torch.randn(1, 2, 4, 128).numpy(), {}, TypeError, "torch.Tensor"),
     ],
 )

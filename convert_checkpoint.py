@@ -31,15 +31,12 @@ from typing import Any, Iterable
 
 import torch
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS, GramConfig  # noqa: E402
-from feature_extraction_gram import GramFeatureExtractor, htk_mel_filterbank  # noqa: E402
-from gram_io import OUTPUT_MARKER, OutputDirectoryError, check_output_dir, printable, staged_directory  # noqa: E402
-from modeling_gram import REMOTE_CODE_FILES, GramForPreTraining, GramModel  # noqa: E402
-from safe_checkpoint import CheckpointError, TensorSpec, read_checkpoint  # noqa: E402
+from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS, GramConfig
+from feature_extraction_gram import GramFeatureExtractor, htk_mel_filterbank
+from gram_io import OUTPUT_MARKER, OutputDirectoryError, check_output_dir, printable, staged_directory
+from modeling_gram import REMOTE_CODE_FILES, GramForPreTraining, GramModel
+from safe_checkpoint import CheckpointError, TensorSpec, read_checkpoint
 
 try:  # only needed for --push-to-hub
     from huggingface_hub import HfApi

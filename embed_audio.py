@@ -30,14 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from configuration_gram import POOLING_STRATEGIES  # noqa: E402
-from feature_extraction_gram import GramFeatureExtractor, resample_audio  # noqa: E402
-from gram_io import OutputDirectoryError, check_output_dir, printable, staged_directory  # noqa: E402
-from modeling_gram import GramModel  # noqa: E402
+from configuration_gram import POOLING_STRATEGIES
+from feature_extraction_gram import GramFeatureExtractor, resample_audio
+from gram_io import OutputDirectoryError, check_output_dir, printable, staged_directory
+from modeling_gram import GramModel
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -20,13 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from configuration_gram import GramConfig  # noqa: E402
-from gram_io import OutputDirectoryError, check_output_dir, staged_directory  # noqa: E402
-from modeling_gram import GramModel, GramModelOutput, pool_chunk_tokens, split_into_chunks  # noqa: E402
+from configuration_gram import GramConfig
+from gram_io import OutputDirectoryError, check_output_dir, staged_directory
+from modeling_gram import GramModel, GramModelOutput, pool_chunk_tokens, split_into_chunks
 
 ONNX_FILE = "encoder.onnx"
 INPUT_NAME, OUTPUT_NAME = "input_values", "last_hidden_state"

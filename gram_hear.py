@@ -21,13 +21,10 @@ import sys
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from configuration_gram import GRAM_VARIANTS, POOLING_STRATEGIES  # noqa: E402
-from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
-from modeling_gram import GramModel, GramModelOutput  # noqa: E402
+from configuration_gram import GRAM_VARIANTS, POOLING_STRATEGIES
+from feature_extraction_gram import GramFeatureExtractor
+from modeling_gram import GramModel, GramModelOutput
 
 DEFAULT_MODEL = "labhamlet/gramt-binaural-time"
 

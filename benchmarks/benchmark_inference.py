@@ -24,12 +24,10 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from configuration_gram import GramConfig  # noqa: E402
-from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
-from modeling_gram import GramModel  # noqa: E402
+from configuration_gram import GramConfig
+from feature_extraction_gram import GramFeatureExtractor
+from modeling_gram import GramModel
 
 SR = 32000
 

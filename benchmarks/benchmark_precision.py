@@ -28,16 +28,13 @@ import time
 import torch
 from torch import nn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
-from benchmark_inference import best_time, encoder_flops_per_chunk, matmul_flops_per_second, requested_device  # noqa: E402
-from scenes import binaural_scene  # noqa: E402
+from benchmark_inference import best_time, encoder_flops_per_chunk, matmul_flops_per_second, requested_device
+from scenes import binaural_scene
 
-from configuration_gram import GramConfig  # noqa: E402
-from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
-from modeling_gram import GramModel  # noqa: E402
+from configuration_gram import GramConfig
+from feature_extraction_gram import GramFeatureExtractor
+from modeling_gram import GramModel
 
 SR = 32000
 STRATEGIES = ("raw", "mean", "cls")

@@ -23,15 +23,13 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from benchmark_inference import matmul_flops_per_second, requested_device, synchronize  # noqa: E402
-from configuration_gram import GramConfig  # noqa: E402
-from feature_extraction_gram import GramFeatureExtractor  # noqa: E402
-from gram_training.scenes import SceneBuilder, SceneConfig  # noqa: E402
-from gram_training.train import MODEL_SIZES  # noqa: E402
-from modeling_gram import GramForPreTraining  # noqa: E402
+from benchmark_inference import matmul_flops_per_second, requested_device, synchronize
+from configuration_gram import GramConfig
+from feature_extraction_gram import GramFeatureExtractor
+from gram_training.scenes import SceneBuilder, SceneConfig
+from gram_training.train import MODEL_SIZES
+from modeling_gram import GramForPreTraining
 
 MODES = ("eager", "bf16", "bf16-compile", "compile")
 

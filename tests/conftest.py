@@ -1,30 +1,36 @@
-"""Shared helpers: the repository root on sys.path (as the trainer and tools import it), offline Hub,
-tiny configurations, and pairs of (package model, original reference) with identical weights."""
+"""Shared test helpers: offline Hub, the tiny configurations, and pairs of (package model, original reference)
+with identical weights. The repository root, tests/ and benchmarks/ are on the import path through
+pyproject.toml's pytest `pythonpath` (as the package is imported once installed)."""
 
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from configuration_gram import GramConfig  # noqa: E402
 from modeling_gram import GramModel  # noqa: E402
-from reference_gram import OriginalGramEncoder, original_to_package_state_dict  # noqa: E402
+from reference_gram import OriginalGramEncoder  # noqa: E402
+
+from convert_checkpoint import map_original_keys  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TINY_DECODER = dict(decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_intermediate_size=128)
 VARIANTS = [f"{fmt}-{patching}" for fmt in ("binaural", "ambisonics", "mono") for patching in ("frame", "time")]
 STRATEGIES = ["raw", "mean", "cls"]
 
 
 def tiny_config(variant="binaural-time", **overrides) -> GramConfig:
     return GramConfig.from_variant(variant, **{**TINY, **overrides})
+
+
+def tiny_pretraining_config(variant="binaural-time", **overrides) -> GramConfig:
+    """The tiny encoder with a tiny MW-MAE decoder (8 heads, the variant's windows)."""
+    return tiny_config(variant, **{**TINY_DECODER, **overrides})
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -41,9 +47,16 @@ def model_pair(config: GramConfig, seed: int = 0):
         mlp=config.intermediate_size,
     ).eval()
     model = GramModel(config).eval()
-    state = original_to_package_state_dict(original.state_dict(), config.num_hidden_layers)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(package_state_from_original(original.state_dict(), prefix="gram."), strict=True)
     return model, original
+
+
+def package_state_from_original(original_state: dict, prefix: str = "") -> dict:
+    """The original GRAMT's weights under this package's names, through the converter's one key table
+    (test_convert_checkpoint cross-checks that table against an independent mapping); with `prefix`, only the
+    keys under it, prefix removed (e.g. "gram." for the encoder alone)."""
+    mapped, _ = map_original_keys(original_state)
+    return {k[len(prefix):]: v for k, v in mapped.items() if k.startswith(prefix)}
 
 
 @pytest.fixture(scope="session")

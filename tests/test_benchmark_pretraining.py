@@ -1,22 +1,17 @@
 """The pretraining benchmark's FLOP count against torch's own FLOP counter, and a smoke run (no timings are
 asserted: speed is reported by the benchmark, not tested)."""
 
-import os
-import sys
-
+import benchmark_pretraining  # benchmarks/ is on the test path (pyproject.toml)
 import torch
+from conftest import tiny_pretraining_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import ROOT, tiny_config
 from modeling_gram import GramForPreTraining
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import benchmark_pretraining  # noqa: E402
 
 
 def test_analytic_flops_match_torch_flop_counter():
     for variant in ("binaural-time", "ambisonics-frame"):
-        config = tiny_config(variant, decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_intermediate_size=64)
+        config = tiny_pretraining_config(variant)
         config._attn_implementation = "eager"  # the counter sees eager attention's matmuls, not SDPA kernels
         model = GramForPreTraining(config).eval()
         inputs = torch.randn(3, config.num_channels, 200, 128)

@@ -15,6 +15,7 @@ import zipfile
 import pytest
 import torch
 from safetensors.torch import save_file
+from conftest import ROOT
 from test_convert_checkpoint import HEADS, make_original
 
 import convert_checkpoint
@@ -308,8 +309,7 @@ def test_outputs_follow_the_umask(tmp_path, capsys):
 
 
 INTERRUPTIBLE = """
-import sys, time
-sys.path[:0] = {paths!r}
+import time
 import gram_io
 with gram_io.staged_directory({output!r}, "test", overwrite=True) as staging:
     for i in range(40):
@@ -324,10 +324,11 @@ def test_interrupts_leave_the_old_or_the_new_output_complete(sig, tmp_path):
     import time
 
     output = tmp_path / "out"
-    script = INTERRUPTIBLE.format(paths=sys.path[:3], output=str(output))
-    subprocess.run([sys.executable, "-c", script], check=True)  # a complete previous output
+    script = INTERRUPTIBLE.format(output=str(output))
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env)  # a complete previous output
     for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4):
-        process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env=env)
         time.sleep(0.5 + delay)  # interpreter start-up, then somewhere inside the writes or the swap
         process.send_signal(getattr(signal, sig))
         process.wait()

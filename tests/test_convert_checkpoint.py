@@ -157,6 +157,20 @@ def test_pickle_payload_never_runs(tmp_path):
     assert not marker.exists() and not (tmp_path / "o2").exists()
 
 
+@pytest.mark.parametrize("variant", ["binaural-frame", "ambisonics-time"])
+def test_the_key_table_matches_an_independent_mapping(variant):
+    """The converter's KEY_RULES (which every other test loads through) against the mapping written independently
+    from the two modules' parameter lists in tests/reference_gram.py."""
+    from reference_gram import original_decoder_to_package_state_dict
+
+    original = make_original(variant).state_dict()
+    mapped, derived = convert_checkpoint.map_original_keys(original)
+    independent = original_decoder_to_package_state_dict(original, TINY["num_hidden_layers"], 2)
+    assert set(mapped) == set(independent)
+    assert all(mapped[key] is independent[key] for key in mapped)
+    assert all(key.endswith(("relative_position_index", "mel_scale.fb", "spectrogram.window")) for key in derived)
+
+
 def test_plain_state_dict_is_described_then_read_exactly(tmp_path):
     checkpoint = tmp_path / "plain.pt"
     state = make_original("mono-frame").state_dict()

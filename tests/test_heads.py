@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import relative_error, tiny_config
+from conftest import relative_error, tiny_config, tiny_pretraining_config
 from transformers import AutoModel, AutoModelForAudioClassification, Trainer, TrainingArguments
 
 from modeling_gram import GramForAudioClassification, GramForSoundLocalization, GramModel, angular_error_degrees
@@ -204,8 +204,7 @@ def test_save_pretrained_push_to_hub_uploads_complete_directories_for_every_clas
     monkeypatch.setattr(hub, "hf_api", lambda: FakeApi())
     monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *args, **kwargs: FakeCard())
     monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", upload)
-    config = tiny_config("binaural-time", num_labels=3, decoder_hidden_size=32, decoder_num_hidden_layers=1,
-                         decoder_intermediate_size=64)
+    config = tiny_pretraining_config("binaural-time", num_labels=3)
     for cls in (GramModel, GramForPreTraining, GramForAudioClassification, GramForSoundLocalization):
         torch.manual_seed(0)
         model = cls(config).eval()
@@ -221,7 +220,7 @@ def test_save_pretrained_push_to_hub_uploads_complete_directories_for_every_clas
 def test_fixed_tables_are_buffers_and_outputs_can_be_tuples(tmp_path):
     from modeling_gram import GramForPreTraining
 
-    config = tiny_config("binaural-frame", decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_intermediate_size=64)
+    config = tiny_pretraining_config("binaural-frame")
     model = GramForPreTraining(config)
     model.save_pretrained(tmp_path)
     loaded = GramForPreTraining.from_pretrained(tmp_path)
@@ -248,7 +247,7 @@ def test_windowed_decoder_attention_never_hands_its_bias_to_flash_attention(monk
     import modeling_gram
     from modeling_gram import GramWindowedSelfAttention, decoder_config
 
-    config = decoder_config(tiny_config("binaural-time", decoder_hidden_size=32))
+    config = decoder_config(tiny_pretraining_config("binaural-time"))
     torch.manual_seed(0)
     eager = GramWindowedSelfAttention(config).eval()
     for table in eager.relative_position_bias_tables.values():

@@ -3,19 +3,12 @@ loop over heads and windows), masking, loss, loading."""
 
 import pytest
 import torch
-from conftest import TINY, VARIANTS, relative_error
-from reference_gram import OriginalGram, original_decoder_to_package_state_dict
+from conftest import TINY, VARIANTS, package_state_from_original, relative_error, tiny_pretraining_config
+from reference_gram import OriginalGram
 from transformers import AutoModel, AutoModelForPreTraining
 
 from configuration_gram import GramConfig
 from modeling_gram import GramForPreTraining, GramModel
-
-TINY_DECODER = dict(decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_intermediate_size=128)
-
-
-def tiny_pretraining_config(variant, **overrides):
-    return GramConfig.from_variant(variant, **{**TINY, **TINY_DECODER, **overrides})
-
 
 def pretraining_pair(config, seed=0):
     torch.manual_seed(seed)
@@ -31,10 +24,7 @@ def pretraining_pair(config, seed=0):
             if name.endswith("relative_position_bias_table"):
                 p.normal_(0.0, 0.5)
     model = GramForPreTraining(config).eval()
-    state = original_decoder_to_package_state_dict(
-        original.state_dict(), config.num_hidden_layers, config.decoder_num_hidden_layers
-    )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(package_state_from_original(original.state_dict()), strict=True)
     return model, original
 
 

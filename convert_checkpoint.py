@@ -31,7 +31,6 @@ from typing import Any, Iterable
 
 import torch
 
-
 from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS, GramConfig
 from feature_extraction_gram import GramFeatureExtractor, htk_mel_filterbank
 from gram_io import OUTPUT_MARKER, OutputDirectoryError, check_output_dir, printable, staged_directory

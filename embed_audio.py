@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
 from configuration_gram import POOLING_STRATEGIES
 from feature_extraction_gram import GramFeatureExtractor, resample_audio
 from gram_io import OutputDirectoryError, check_output_dir, printable, staged_directory

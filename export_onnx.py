@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 from configuration_gram import GramConfig
 from gram_io import OutputDirectoryError, check_output_dir, staged_directory
 from modeling_gram import GramModel, GramModelOutput, pool_chunk_tokens, split_into_chunks

@@ -16,11 +16,9 @@ extractor does. Validate with the official tool:
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import torch
-
 
 from configuration_gram import GRAM_VARIANTS, POOLING_STRATEGIES
 from feature_extraction_gram import GramFeatureExtractor

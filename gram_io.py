@@ -228,7 +228,7 @@ def staged_directory(
             written = sorted(_files_under(staging) - {OUTPUT_MARKER})
             (staging / OUTPUT_MARKER).write_text(json.dumps({"tool": tool, "files": written}, indent=1) + "\n")
             mask = _umask()
-            for base, dirs, files in os.walk(staging):  # mkdtemp and some writers make private files
+            for base, _, files in os.walk(staging):  # mkdtemp and some writers make private files
                 os.chmod(base, 0o777 & ~mask)
                 for name in files:
                     if not os.path.islink(os.path.join(base, name)):

@@ -24,7 +24,6 @@ import time
 
 import torch
 
-
 from configuration_gram import GramConfig
 from feature_extraction_gram import GramFeatureExtractor
 from modeling_gram import GramModel
@@ -91,7 +90,7 @@ def bench_throughput(variant: str, device: torch.device, batch_sizes, clips: int
         # The reference rate is re-measured next to each run (shared machines drift); the best one is used.
         matmul_rates.append(matmul_flops_per_second(device, torch.float32))
 
-        def run():
+        def run(batch=batch):
             with torch.inference_mode():
                 for start in range(0, clips, batch):
                     model(features[start : start + batch], strategy="raw")
@@ -161,7 +160,7 @@ def main() -> None:
     report["throughput"] = bench_throughput(args.variant, device, args.batch_sizes, args.clips, args.repeats, matmul_rates)
     matmul_rates.append(matmul_flops_per_second(device, torch.float32))
     report["matmul_fp32_gflops_per_s"] = max(matmul_rates) / 1e9
-    for key, value in report["throughput"].items():
+    for value in report["throughput"].values():
         if isinstance(value, dict):
             value["share_of_fp32_matmul_rate"] = value["encoder_gflops_per_s"] / report["matmul_fp32_gflops_per_s"]
     if not args.skip_memory:

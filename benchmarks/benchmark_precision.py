@@ -21,16 +21,12 @@ import copy
 import json
 import os
 import platform
-import sys
 import tempfile
-import time
 
 import torch
-from torch import nn
-
-
 from benchmark_inference import best_time, encoder_flops_per_chunk, matmul_flops_per_second, requested_device
 from scenes import binaural_scene
+from torch import nn
 
 from configuration_gram import GramConfig
 from feature_extraction_gram import GramFeatureExtractor
@@ -148,7 +144,7 @@ def main() -> None:
         else:
             entry["accuracy"] = accuracy(runner, reference, features)
             for batch in args.batch_sizes:
-                def run():
+                def run(batch=batch, runner=runner):
                     for start in range(0, args.clips, batch):
                         runner(features[start : start + batch])
 
@@ -166,7 +162,7 @@ def main() -> None:
         report["modes"][mode] = entry
         print(json.dumps({mode: entry}, indent=2), flush=True)
     fp32 = report["modes"].get("fp32", {})
-    for mode, entry in report["modes"].items():
+    for entry in report["modes"].values():
         for key in entry:
             if key.startswith("batch_") and key in fp32:
                 entry[key]["speedup_vs_fp32"] = entry[key]["clips_per_s"] / fp32[key]["clips_per_s"]

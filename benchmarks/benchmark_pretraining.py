@@ -18,13 +18,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
-
-
 from benchmark_inference import matmul_flops_per_second, requested_device, synchronize
+
 from configuration_gram import GramConfig
 from feature_extraction_gram import GramFeatureExtractor
 from gram_training.scenes import SceneBuilder, SceneConfig

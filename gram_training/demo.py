@@ -34,9 +34,9 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from feature_extraction_gram import GramFeatureExtractor
+from gram_io import staged_directory
 from gram_training.rooms import RoomSpec, direction_vector
 from gram_training.scenes import fft_convolve
-from gram_io import staged_directory
 from gram_training.simulate import AUDIO_FORMATS, music_segments, noise_position, room_impulse_response, sound_effects
 from modeling_gram import GramModel, angular_error_degrees
 

@@ -19,7 +19,6 @@ import argparse
 import ctypes
 import importlib.util
 import json
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path

@@ -9,12 +9,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from configuration_gram import GramConfig  # noqa: E402
-from modeling_gram import GramModel  # noqa: E402
 from reference_gram import OriginalGramEncoder  # noqa: E402
 
+from configuration_gram import GramConfig  # noqa: E402
 from convert_checkpoint import map_original_keys  # noqa: E402
+from modeling_gram import GramModel  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -294,7 +294,6 @@ class OriginalGram(OriginalGramEncoder):
                  decoder_dim=512, decoder_depth=8, decoder_heads=8, window_sizes=(2, 5, 10, 25, 50, 0, 0, 0)):
         super().__init__(in_channels, fshape, tshape, hidden, layers, heads, mlp)
         self.fshape, self.tshape = fshape, tshape
-        num_patches = self.grid_size[0] * self.grid_size[1]
         self.decoder_embed = nn.Linear(hidden, decoder_dim, bias=True)
         self.register_buffer("mask_token", nn.Parameter(torch.zeros(1, 1, decoder_dim)))
         torch.nn.init.normal_(self.mask_token, std=0.02)

@@ -4,7 +4,6 @@ error, runs nothing, writes nothing and reads no byte before names and shapes ar
 
 import io
 import json
-import math
 import os
 import pickle
 import struct
@@ -14,8 +13,8 @@ import zipfile
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from conftest import ROOT
+from safetensors.torch import save_file
 from test_convert_checkpoint import HEADS, make_original
 
 import convert_checkpoint

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, tiny_config
+
 from gram_training import demo
 from modeling_gram import GramModel
 

@@ -10,8 +10,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from gram_training import data
-from gram_training.data import (BadAudioError, FolderSource, HubSource, SceneDataset, SkippedFiles, collate_scenes,
-                                find_audio_files, read_audio)
+from gram_training.data import (
+    BadAudioError,
+    HubSource,
+    SceneDataset,
+    SkippedFiles,
+    collate_scenes,
+    find_audio_files,
+    read_audio,
+)
 
 
 def _write_tagged_sources(folder, count, seconds=0.5, rate=32000):

@@ -10,6 +10,7 @@ from transformers import AutoModel, AutoModelForPreTraining
 from configuration_gram import GramConfig
 from modeling_gram import GramForPreTraining, GramModel
 
+
 def pretraining_pair(config, seed=0):
     torch.manual_seed(seed)
     original = OriginalGram(

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import load_file
 
-from conftest import ROOT
 from gram_training import simulate
 from gram_training.train import main
 
@@ -104,8 +104,9 @@ def test_torchrun_two_processes_on_cpu(offline_data, tmp_path):
 
 
 def test_converted_original_checkpoint_goes_on_pretraining(offline_data, tmp_path):
-    from convert_checkpoint import main as convert
     from test_convert_checkpoint import HEADS, make_original, save_lightning_checkpoint
+
+    from convert_checkpoint import main as convert
 
     checkpoint = tmp_path / "step=325000.ckpt"
     save_lightning_checkpoint(make_original("binaural-time"), checkpoint)

@@ -5,8 +5,8 @@ import pytest
 import scipy.signal
 import torch
 import torchaudio
-
 from conftest import relative_error
+
 from feature_extraction_gram import GramFeatureExtractor
 from gram_training.scenes import SceneBuilder, SceneConfig, fft_convolve
 

@@ -80,7 +80,9 @@ def _validated_fields(values: dict[str, Any]) -> None:
         if not isinstance(values[name], bool):
             raise TypeError(f"GramConfig.{name} must be true or false, got {values[name]!r}.")
     if values["hidden_act"] not in ACT2FN:
-        raise ValueError(f"GramConfig.hidden_act must be one of transformers' activations, got {values['hidden_act']!r}.")
+        raise ValueError(
+            f"GramConfig.hidden_act must be one of transformers' activations, got {values['hidden_act']!r}."
+        )
 
 
 class GramConfig(PretrainedConfig):
@@ -156,7 +158,9 @@ class GramConfig(PretrainedConfig):
         # always 200 frames (`chunk_frames`), so the key is dropped rather than trusted.
         legacy = kwargs.pop("max_length", None)
         if legacy is not None and int(legacy) != chunk_frames:
-            logger.warning(f"Ignoring legacy config key max_length={legacy}; GRAM chunks are chunk_frames={chunk_frames}.")
+            logger.warning(
+                f"Ignoring legacy config key max_length={legacy}; GRAM chunks are chunk_frames={chunk_frames}."
+            )
         auto_map = kwargs.pop("auto_map", None)
         super().__init__(**kwargs)
         self.auto_map = {**GRAM_AUTO_MAP, **(auto_map or {})}
@@ -164,8 +168,10 @@ class GramConfig(PretrainedConfig):
         _validated_fields(locals())
         patch_stride = patch_stride if patch_stride is not None else patch_size
         for name, pair in (("patch_size", patch_size), ("patch_stride", patch_stride)):
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(
-                isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pair
+            if (
+                not isinstance(pair, (list, tuple))
+                or len(pair) != 2
+                or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pair)
             ):
                 raise ValueError(f"GramConfig.{name} must be a (mel_bins, frames) pair of positive ints, got {pair!r}.")
         patch_size, patch_stride = tuple(patch_size), tuple(patch_stride)
@@ -175,14 +181,18 @@ class GramConfig(PretrainedConfig):
                 f"got patch_size={patch_size}, patch_stride={patch_stride}."
             )
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}).")
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})."
+            )
         if decoder_hidden_size % decoder_num_attention_heads:
             raise ValueError(
                 f"decoder_hidden_size ({decoder_hidden_size}) must be divisible by decoder_num_attention_heads "
                 f"({decoder_num_attention_heads})."
             )
         if hidden_size % 4:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by 4 for the 2-D sin-cos position embedding.")
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be divisible by 4 for the 2-D sin-cos position embedding."
+            )
         if decoder_window_sizes is None:
             known = {size: windows for size, windows in GRAM_PATCHINGS.values()}
             decoder_window_sizes = known.get(patch_size, [0] * decoder_num_attention_heads)
@@ -191,7 +201,9 @@ class GramConfig(PretrainedConfig):
         if not isinstance(decoder_window_sizes, (list, tuple)) or not all(
             isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= chunk_frames for w in decoder_window_sizes
         ):
-            raise ValueError(f"GramConfig.decoder_window_sizes must be ints in [0, chunk_frames], got {decoder_window_sizes!r}.")
+            raise ValueError(
+                f"GramConfig.decoder_window_sizes must be ints in [0, chunk_frames], got {decoder_window_sizes!r}."
+            )
         decoder_window_sizes = list(decoder_window_sizes)
         if len(decoder_window_sizes) != decoder_num_attention_heads:
             raise ValueError(

@@ -85,8 +85,10 @@ KEY_RULES: list[tuple[str, str]] = [
     (_BLOCK + r"norm1\.(weight|bias)", r"decoder.layers.\1.layernorm_before.\2"),
     (_BLOCK + r"wmha\.qkv\.(weight|bias)", r"decoder.layers.\1.attention.qkv.\2"),
     (_BLOCK + r"wmha\.proj\.(weight|bias)", r"decoder.layers.\1.attention.proj.\2"),
-    (_BLOCK + r"wmha\.attn_heads\.(\d+)\.relative_position_bias_table",
-     r"decoder.layers.\1.attention.relative_position_bias_tables.\2"),
+    (
+        _BLOCK + r"wmha\.attn_heads\.(\d+)\.relative_position_bias_table",
+        r"decoder.layers.\1.attention.relative_position_bias_tables.\2",
+    ),
     (_BLOCK + r"norm2\.(weight|bias)", r"decoder.layers.\1.layernorm_after.\2"),
     (_BLOCK + r"mlp\.fc1\.(weight|bias)", r"decoder.layers.\1.mlp.fc1.\2"),
     (_BLOCK + r"mlp\.fc2\.(weight|bias)", r"decoder.layers.\1.mlp.fc2.\2"),
@@ -122,7 +124,7 @@ def map_original_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         if not key.startswith(prefix):
             unknown.append(key)
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if RELATIVE_INDEX.fullmatch(name):
             derived[name] = value
             continue
@@ -133,7 +135,9 @@ def map_original_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         else:
             unknown.append(key)
     if unknown:
-        raise ConversionError(f"Unexpected keys in the checkpoint (not part of the original GRAM): {sorted(unknown)[:20]}")
+        raise ConversionError(
+            f"Unexpected keys in the checkpoint (not part of the original GRAM): {sorted(unknown)[:20]}"
+        )
     return mapped, derived
 
 
@@ -172,11 +176,18 @@ def infer_config(
     hidden, channels, patch_f, patch_t = _shape(mapped, "gram.embeddings.patch_embeddings.projection.weight", 4)
     formats = {v: k for k, v in GRAM_FORMATS.items()}
     if channels not in formats:
-        raise ConversionError(f"Unsupported variant: the patch convolution takes {channels} channels; GRAM has 1, 2 or 7.")
+        raise ConversionError(
+            f"Unsupported variant: the patch convolution takes {channels} channels; GRAM has 1, 2 or 7."
+        )
     patchings = {size: name for name, (size, _) in GRAM_PATCHINGS.items()}
     if (patch_f, patch_t) not in patchings:
-        raise ConversionError(f"Unsupported patching: kernel {(patch_f, patch_t)}; GRAM has (16, 8) frame and (128, 2) time.")
-    for flag, inferred in (("format", (audio_format, formats[channels])), ("patching", (patching, patchings[(patch_f, patch_t)]))):
+        raise ConversionError(
+            f"Unsupported patching: kernel {(patch_f, patch_t)}; GRAM has (16, 8) frame and (128, 2) time."
+        )
+    for flag, inferred in (
+        ("format", (audio_format, formats[channels])),
+        ("patching", (patching, patchings[(patch_f, patch_t)])),
+    ):
         if inferred[0] is not None and inferred[0] != inferred[1]:
             raise ConversionError(f"--{flag} {inferred[0]} contradicts the weights, which are {inferred[1]}.")
     layers = _layer_count(mapped, r"gram\.encoder\.layer\.([^.]+)\.", "encoder layer")
@@ -194,7 +205,11 @@ def infer_config(
             )
         decoder_layers = _layer_count(mapped, r"decoder\.layers\.([^.]+)\.", "decoder block")
         _, default_windows = GRAM_PATCHINGS[patchings[(patch_f, patch_t)]]
-        windows = list(default_windows) if decoder_num_attention_heads == len(default_windows) else [0] * decoder_num_attention_heads
+        windows = (
+            list(default_windows)
+            if decoder_num_attention_heads == len(default_windows)
+            else [0] * decoder_num_attention_heads
+        )
         tables = {}
         for key, spec in mapped.items():
             if m := re.fullmatch(r"decoder\.layers\.0\.attention\.relative_position_bias_tables\.(\d{1,3})", key):
@@ -207,7 +222,9 @@ def infer_config(
             decoder_hidden_size=_shape(mapped, "decoder.decoder_embed.weight", 2)[0],
             decoder_num_hidden_layers=decoder_layers,
             decoder_num_attention_heads=decoder_num_attention_heads,
-            decoder_intermediate_size=_shape(mapped, "decoder.layers.0.mlp.fc1.weight", 2)[0] if decoder_layers else 2048,
+            decoder_intermediate_size=_shape(mapped, "decoder.layers.0.mlp.fc1.weight", 2)[0]
+            if decoder_layers
+            else 2048,
             decoder_window_sizes=windows,
         )
     try:  # GramConfig validates types and bounds (heads dividing the size, at most 128 layers, ...)
@@ -232,15 +249,21 @@ def check_derived_buffers(derived: dict[str, TensorSpec], config: GramConfig) ->
     """The original saves its mel filterbank, STFT window and relative-position indices: they must be the
     ones this package computes, or the converted model would not reproduce the original."""
     extractor = GramFeatureExtractor(num_channels=config.num_channels)
-    expected_fb = htk_mel_filterbank(extractor.n_fft // 2 + 1, extractor.f_min, extractor.f_max, extractor.num_mel_bins, extractor.sampling_rate)
+    expected_fb = htk_mel_filterbank(
+        extractor.n_fft // 2 + 1, extractor.f_min, extractor.f_max, extractor.num_mel_bins, extractor.sampling_rate
+    )
     for key, spec in derived.items():
         if key.endswith("mel_scale.fb"):
             if spec.shape != expected_fb.shape or not torch.allclose(spec.load().float(), expected_fb, atol=1e-5):
-                raise ConversionError(f"{key}: the checkpoint's mel filterbank differs from GRAM's (128 HTK mels, 50-16000 Hz).")
+                raise ConversionError(
+                    f"{key}: the checkpoint's mel filterbank differs from GRAM's (128 HTK mels, 50-16000 Hz)."
+                )
         elif key.endswith("spectrogram.window"):
             window = torch.hann_window(extractor.win_length)
             if spec.shape != window.shape or not torch.allclose(spec.load().float(), window, atol=1e-6):
-                raise ConversionError(f"{key}: the checkpoint's STFT window is not a {extractor.win_length}-sample Hann window.")
+                raise ConversionError(
+                    f"{key}: the checkpoint's STFT window is not a {extractor.win_length}-sample Hann window."
+                )
         else:
             match = RELATIVE_INDEX.fullmatch(key)
             head = int(match.group(2)) if match.group(2).isascii() else -1
@@ -267,7 +290,11 @@ def checked_shapes(mapped: dict[str, TensorSpec], config: GramConfig, encoder_on
             "The checkpoint does not fit the inferred GRAM configuration "
             f"({config.audio_format}-{config.patching}): missing {missing[:20]}, unexpected {unexpected[:20]}."
         )
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}" for k, v in mapped.items() if tuple(v.shape) != expected[k]]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {expected[k]}"
+        for k, v in mapped.items()
+        if tuple(v.shape) != expected[k]
+    ]
     if mismatched:
         raise ConversionError(f"Shape mismatches: {mismatched[:20]}")
     return expected
@@ -278,7 +305,7 @@ def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only:
     expected = checked_shapes(mapped, config, encoder_only)
     weights = {k: _load_checked(k, mapped[k], shape).float() for k, shape in expected.items()}
     if encoder_only:
-        weights = {k[len("gram."):]: v for k, v in weights.items()}
+        weights = {k[len("gram.") :]: v for k, v in weights.items()}
     model = (GramModel if encoder_only else GramForPreTraining)(config)
     model.load_state_dict(weights, strict=True)
     return model.eval()
@@ -384,7 +411,9 @@ def convert(
         raise ConversionError(str(error)) from None
     specs, _ = load_untrusted_checkpoint(checkpoint)
     mapped, derived = map_original_keys(specs)
-    config = infer_config(mapped, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only)
+    config = infer_config(
+        mapped, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only
+    )
     checked_shapes(mapped, config, encoder_only)
     check_derived_buffers(derived, config)
     model = build_model(mapped, config, encoder_only)
@@ -439,8 +468,13 @@ def push_to_hub(directory: str, repo_id: str, private: bool, commit_message: str
     api = HfApi()  # token: HF_TOKEN in the environment or `hf auth login`
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=directory, repo_id=repo_id, repo_type="model", commit_message=commit_message,
-                          ignore_patterns=[OUTPUT_MARKER])
+        api.upload_folder(
+            folder_path=directory,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+            ignore_patterns=[OUTPUT_MARKER],
+        )
     except Exception as error:  # network, auth and Hub errors come as many types (httpx, HfHubHTTPError, ...)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(
@@ -456,13 +490,19 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, help="directory to create (atomically)")
     parser.add_argument("--format", choices=sorted(GRAM_FORMATS), help="check the audio format read off the weights")
     parser.add_argument("--patching", choices=sorted(GRAM_PATCHINGS), help="check the patching read off the weights")
-    parser.add_argument("--num-attention-heads", type=int, default=12, help="encoder heads (not visible in the weights)")
+    parser.add_argument(
+        "--num-attention-heads", type=int, default=12, help="encoder heads (not visible in the weights)"
+    )
     parser.add_argument("--decoder-num-attention-heads", type=int, default=8)
-    parser.add_argument("--encoder-only", action="store_true", help="convert a checkpoint without decoder (AutoModel only)")
+    parser.add_argument(
+        "--encoder-only", action="store_true", help="convert a checkpoint without decoder (AutoModel only)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="create the Hub repo and upload the directory")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
-    parser.add_argument("--dry-run", action="store_true", help="convert and verify in a temporary folder, list the files, write nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="convert and verify in a temporary folder, list the files, write nothing"
+    )
     parser.add_argument("--commit-message", default="Upload GRAM converted with convert_checkpoint.py")
     return parser.parse_args(argv)
 

@@ -88,8 +88,10 @@ def find_audio_files(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str
             skipped.append((item, "no such file or folder"))
             continue
         if name in roots:
-            raise ValueError(f"{item} and {roots[name]} would both be written as {name!r} in the output directory; "
-                             "rename one of them or embed them in separate runs.")
+            raise ValueError(
+                f"{item} and {roots[name]} would both be written as {name!r} in the output directory; "
+                "rename one of them or embed them in separate runs."
+            )
         roots[name] = item
         seen.add(real)
         files.extend(found)
@@ -182,8 +184,12 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
                 nonlocal done
                 if not batch:
                     return
-                inputs = extractor([audio for _, audio in batch], sampling_rate=extractor.sampling_rate,
-                                   return_tensors="pt", device=args.device)
+                inputs = extractor(
+                    [audio for _, audio in batch],
+                    sampling_rate=extractor.sampling_rate,
+                    return_tensors="pt",
+                    device=args.device,
+                )
                 with torch.inference_mode():
                     out = model(**inputs, strategy=args.strategy, layer=args.layer)
                 for i, (item, _) in enumerate(batch):
@@ -203,7 +209,9 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
             for item in files:
                 try:
                     audio = read_audio(item.path, extractor.sampling_rate, args.resample)
-                    extractor([audio], sampling_rate=extractor.sampling_rate)  # raises on bad content (short, NaN, huge)
+                    extractor(
+                        [audio], sampling_rate=extractor.sampling_rate
+                    )  # raises on bad content (short, NaN, huge)
                 except ValueError as error:
                     skipped.append((item.path, str(error)))
                     progress.update(1)

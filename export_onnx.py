@@ -39,7 +39,9 @@ class GramChunkEncoder(nn.Module):
         return self.model.encode_chunks(chunks)[0]
 
 
-def export_onnx(model: GramModel, output_dir: str, opset: int = 18, check: bool = True, overwrite: bool = False) -> tuple[str, float | None]:
+def export_onnx(
+    model: GramModel, output_dir: str, opset: int = 18, check: bool = True, overwrite: bool = False
+) -> tuple[str, float | None]:
     """Writes `encoder.onnx` and `config.json` into `output_dir` (atomically, via gram_io.staged_directory);
     returns the directory and the relative error of the graph against PyTorch (None without `check`)."""
     model = model.float().eval()
@@ -74,7 +76,9 @@ def max_relative_error(model: GramModel, onnx_dir: str, sizes=(1, 3)) -> float:
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for size in sizes:
-        chunks = torch.randn(size, model.config.num_channels, model.config.chunk_frames, model.config.num_mel_bins, generator=generator)
+        chunks = torch.randn(
+            size, model.config.num_channels, model.config.chunk_frames, model.config.num_mel_bins, generator=generator
+        )
         with torch.no_grad():
             expected = model.encode_chunks(chunks)[0].double()
         got = torch.from_numpy(runner.encode_chunks(chunks)).double()
@@ -112,11 +116,16 @@ class GramOnnxModel:
         strategy = strategy or self.config.pooling_strategy
         layout = split_into_chunks(self.config, input_values.float(), attention_mask)
         size = max(1, int(self.config.chunk_batch_size))
-        parts = [self.encode_chunks(layout.gather(start, start + size)) for start in range(0, layout.num_real_chunks, size)]
+        parts = [
+            self.encode_chunks(layout.gather(start, start + size)) for start in range(0, layout.num_real_chunks, size)
+        ]
         tokens = torch.from_numpy(np.concatenate(parts, axis=0))
         last_hidden_state, pooled, embedding_mask, timestamps = pool_chunk_tokens(self.config, tokens, layout, strategy)
         return GramModelOutput(
-            last_hidden_state=last_hidden_state, pooler_output=pooled, embedding_mask=embedding_mask, timestamps=timestamps
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            embedding_mask=embedding_mask,
+            timestamps=timestamps,
         )
 
 
@@ -131,8 +140,9 @@ def main(argv=None) -> int:
     try:
         check_output_dir(args.output_dir, [args.model], args.overwrite)  # before the (slow) export
         model = GramModel.from_pretrained(args.model)
-        directory, error = export_onnx(model, args.output_dir, opset=args.opset, check=not args.no_check,
-                                       overwrite=args.overwrite)
+        directory, error = export_onnx(
+            model, args.output_dir, opset=args.opset, check=not args.no_check, overwrite=args.overwrite
+        )
     except OutputDirectoryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -181,7 +181,9 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         """
         if kwargs:
             raise TypeError(f"Unexpected arguments: {', '.join(sorted(kwargs))}.")
-        if sampling_rate is not None and (isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer))):
+        if sampling_rate is not None and (
+            isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer))
+        ):
             raise TypeError(f"sampling_rate must be an int (Hz), got {type(sampling_rate).__name__} {sampling_rate!r}.")
         if sampling_rate is None:
             raise ValueError(
@@ -267,8 +269,13 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
                 pieces.append(audio[..., 2 * num_samples - 1 - high : num_samples - 1].flip(-1))
             segment = torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
             spectrum = torch.stft(
-                segment.reshape(-1, segment.shape[-1]), self.n_fft, self.hop_length, self.win_length, window,
-                center=False, return_complex=True,
+                segment.reshape(-1, segment.shape[-1]),
+                self.n_fft,
+                self.hop_length,
+                self.win_length,
+                window,
+                center=False,
+                return_complex=True,
             )  # (prod(leading dims), n_fft // 2 + 1, frames)
             spectrum = spectrum.reshape(*segment.shape[:-1], *spectrum.shape[-2:])  # (..., C, freqs, frames)
             blocks.append(self._spectrum_to_features(spectrum, filterbank))

@@ -30,7 +30,9 @@ DEFAULT_MODEL = "labhamlet/gramt-binaural-time"
 class GramHearModel(torch.nn.Module):
     """A GRAM encoder, its feature extractor and the HEAR settings (strategy, layer)."""
 
-    def __init__(self, model: GramModel, extractor: GramFeatureExtractor, strategy: str, layer: int | None, batch_size: int):
+    def __init__(
+        self, model: GramModel, extractor: GramFeatureExtractor, strategy: str, layer: int | None, batch_size: int
+    ):
         super().__init__()
         if strategy not in POOLING_STRATEGIES:
             raise ValueError(f"strategy must be one of {POOLING_STRATEGIES}, got {strategy!r}.")
@@ -56,12 +58,17 @@ class GramHearModel(torch.nn.Module):
         if not isinstance(audio, torch.Tensor):
             raise TypeError(f"Expected audio as a torch tensor (or numpy array), got {type(audio).__name__}.")
         if audio.ndim not in (2, 3):
-            raise ValueError(f"Expected audio (n_sounds, n_samples) or (n_sounds, channels, n_samples), got {tuple(audio.shape)}.")
+            raise ValueError(
+                f"Expected audio (n_sounds, n_samples) or (n_sounds, channels, n_samples), got {tuple(audio.shape)}."
+            )
         device = next(self.model.parameters()).device
         if audio.shape[0] == 0:  # no sounds: empty embeddings of the right sizes
             empty = torch.zeros(0, 0, self.timestamp_embedding_size, device=device)
-            return GramModelOutput(last_hidden_state=empty, pooler_output=torch.zeros(0, self.scene_embedding_size, device=device),
-                                   timestamps=torch.zeros(0, device=device))
+            return GramModelOutput(
+                last_hidden_state=empty,
+                pooler_output=torch.zeros(0, self.scene_embedding_size, device=device),
+                timestamps=torch.zeros(0, device=device),
+            )
         outputs = []
         for start in range(0, audio.shape[0], self.batch_size):
             # PCM stays integer here: the extractor scales int16/int32/uint8 to [-1, 1).

@@ -218,8 +218,13 @@ def staged_directory(
     path.parent.mkdir(parents=True, exist_ok=True)
     stale = sorted(path.parent.glob(f".{path.name}.staging-*"))
     if stale:  # left by a killed run (kill -9 cannot be cleaned up after); not deleted: say where they are
-        logger.warning("Found %d staging folder(s) of an interrupted earlier run, e.g. %s; delete them when no "
-                       "GRAM command is writing %s.", len(stale), stale[0], path)
+        logger.warning(
+            "Found %d staging folder(s) of an interrupted earlier run, e.g. %s; delete them when no "
+            "GRAM command is writing %s.",
+            len(stale),
+            stale[0],
+            path,
+        )
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     swapped = False
     try:

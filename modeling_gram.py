@@ -224,8 +224,8 @@ class GramSelfAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         batch, seq_len, _ = hidden_states.shape
         # (B, L, 3D) -> 3 x (B, H, L, hd)
-        query, key, value = self.qkv(hidden_states).view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(
-            2, 0, 3, 1, 4
+        query, key, value = (
+            self.qkv(hidden_states).view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
         context, weights = self.attention_interface(output_attentions)(
             self,
@@ -411,7 +411,11 @@ class GramPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained`, plus the three remote-code files, so the directory loads with
         `trust_remote_code=True` on its own (also offline). With `push_to_hub=True` the upload goes through
         `push_to_hub`, which saves (code files included) into a fresh folder and uploads all of it."""
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr") if key in kwargs}
+        hub_kwargs = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "commit_message", "private", "token", "create_pr")
+            if key in kwargs
+        }
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             here = os.path.dirname(os.path.abspath(__file__))
@@ -492,7 +496,9 @@ class ChunkLayout:
         return out
 
 
-def split_into_chunks(config: GramConfig, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> ChunkLayout:
+def split_into_chunks(
+    config: GramConfig, input_values: torch.Tensor, attention_mask: torch.Tensor | None
+) -> ChunkLayout:
     """Validates the inputs and cuts them into `config.chunk_frames`-frame chunks, the last one zero-padded."""
     num_frames = check_inputs(config, input_values, attention_mask)
     chunk_frames = config.chunk_frames
@@ -541,7 +547,9 @@ def pool_chunk_tokens(config: GramConfig, tokens: torch.Tensor, layout: ChunkLay
     else:
         per_chunk = tokens[:, 0] if strategy == "cls" else tokens[:, 1:].mean(dim=1)
         pooled = layout.per_clip(per_chunk).sum(dim=1) / layout.num_chunks[:, None]
-    timestamps = torch.arange(last_hidden_state.shape[1], device=steps.device, dtype=torch.float32) * config.step_duration_ms
+    timestamps = (
+        torch.arange(last_hidden_state.shape[1], device=steps.device, dtype=torch.float32) * config.step_duration_ms
+    )
     return last_hidden_state, pooled, embedding_mask, timestamps
 
 
@@ -701,6 +709,7 @@ class GramModel(GramPreTrainedModel):
             join(attentions) if output_attentions else None,
         )
 
+
 # ------------------------------------------------------------------------------------------------------
 # MW-MAE decoder and the pretraining model
 # ------------------------------------------------------------------------------------------------------
@@ -766,7 +775,9 @@ class GramDecoder(nn.Module):
     @staticmethod
     def sincos_table(config: GramConfig) -> torch.Tensor:
         """`(1, num_patches, decoder_hidden_size)` float32 (the decoder has no CLS token)."""
-        return get_2d_sincos_position_embeddings(config.decoder_hidden_size, config.grid_size, add_cls_token=False).float()[None]
+        return get_2d_sincos_position_embeddings(
+            config.decoder_hidden_size, config.grid_size, add_cls_token=False
+        ).float()[None]
 
     def forward(
         self, encoded: torch.Tensor, bool_masked_pos: torch.Tensor, visible_index: torch.Tensor | None = None
@@ -838,7 +849,9 @@ class GramForPreTraining(GramPreTrainedModel):
         patch_f, patch_t = self.config.patch_size
         channels = self.config.num_channels
         spectrogram = patches.reshape(patches.shape[0], grid_f, grid_t, channels, patch_f, patch_t)
-        return spectrogram.permute(0, 3, 1, 4, 2, 5).reshape(patches.shape[0], channels, grid_f * patch_f, grid_t * patch_t)
+        return spectrogram.permute(0, 3, 1, 4, 2, 5).reshape(
+            patches.shape[0], channels, grid_f * patch_f, grid_t * patch_t
+        )
 
     def random_masking(self, batch_size: int, device: torch.device, noise: torch.Tensor | None = None) -> torch.Tensor:
         """`(batch_size, num_patches)` bool mask, True on `num_masked_patches` random patches per sample
@@ -850,7 +863,9 @@ class GramForPreTraining(GramPreTrainedModel):
         mask = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=device)
         return mask.scatter(1, order[:, : self.num_masked_patches], True)
 
-    def reconstruction_loss(self, reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def reconstruction_loss(
+        self, reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """MSE per patch, averaged over the masked patches, times the number of feature channels."""
         per_patch = (reconstruction.float() - target.float()).square().mean(dim=-1)
         weights = mask.float()
@@ -878,9 +893,15 @@ class GramForPreTraining(GramPreTrainedModel):
         )
         config = self.config
         expected = (config.num_channels, config.chunk_frames, config.num_mel_bins)
-        if not isinstance(input_values, torch.Tensor) or input_values.ndim != 4 or tuple(input_values.shape[1:]) != expected:
+        if (
+            not isinstance(input_values, torch.Tensor)
+            or input_values.ndim != 4
+            or tuple(input_values.shape[1:]) != expected
+        ):
             shape = tuple(input_values.shape) if isinstance(input_values, torch.Tensor) else type(input_values).__name__
-            raise ValueError(f"Expected input_values of shape (batch_size, {', '.join(map(str, expected))}), got {shape}.")
+            raise ValueError(
+                f"Expected input_values of shape (batch_size, {', '.join(map(str, expected))}), got {shape}."
+            )
         batch = input_values.shape[0]
         if bool_masked_pos is None:
             bool_masked_pos = self.random_masking(batch, input_values.device, noise)
@@ -948,7 +969,10 @@ class _GramHeadModel(GramPreTrainedModel):
         frozen = not any(p.requires_grad for p in self.gram.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             outputs = self.gram(
-                input_values, attention_mask, strategy=self.config.pooling_strategy, output_hidden_states=output_hidden_states
+                input_values,
+                attention_mask,
+                strategy=self.config.pooling_strategy,
+                output_hidden_states=output_hidden_states,
             )
         return self.dropout(outputs.pooler_output), outputs
 

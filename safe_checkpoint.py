@@ -77,7 +77,9 @@ class TensorSpec:
         except CheckpointError:
             raise
         except (RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as error:
-            raise CheckpointError(f"A tensor of shape {tuple(self.shape)} cannot be read ({type(error).__name__}).") from None
+            raise CheckpointError(
+                f"A tensor of shape {tuple(self.shape)} cannot be read ({type(error).__name__})."
+            ) from None
         if tensor.shape != self.shape or tensor.dtype != self.dtype:  # pragma: no cover - internal invariant
             raise CheckpointError("A record did not give the tensor its description declares.")
         return tensor
@@ -127,10 +129,14 @@ _MARK = object()
 
 
 def _int_tuple(value, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or len(value) > MAX_TENSOR_DIMS or not all(
-        type(v) is int and 0 <= v <= MAX_TENSOR_ELEMENTS for v in value
+    if (
+        not isinstance(value, tuple)
+        or len(value) > MAX_TENSOR_DIMS
+        or not all(type(v) is int and 0 <= v <= MAX_TENSOR_ELEMENTS for v in value)
     ):
-        raise CheckpointError(f"Tensor {what} must be a tuple of at most {MAX_TENSOR_DIMS} ints in [0, {MAX_TENSOR_ELEMENTS}].")
+        raise CheckpointError(
+            f"Tensor {what} must be a tuple of at most {MAX_TENSOR_DIMS} ints in [0, {MAX_TENSOR_ELEMENTS}]."
+        )
     return value
 
 
@@ -158,8 +164,10 @@ def _rebuild_tensor(storage, offset, shape, stride, *_ignored) -> _TensorRef:
     if numel and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= storage.numel:
         raise CheckpointError(f"A tensor of shape {shape} reaches past the end of its storage record {storage.key}.")
     if numel and _overlaps(shape, stride):
-        raise CheckpointError(f"A tensor of shape {shape} with strides {stride} reuses storage elements (torch.save never "
-                              "writes such views of weights); refused.")
+        raise CheckpointError(
+            f"A tensor of shape {shape} with strides {stride} reuses storage elements (torch.save never "
+            "writes such views of weights); refused."
+        )
     return _TensorRef(storage, offset, shape, stride)
 
 
@@ -297,16 +305,22 @@ class _PickleMachine:
     def persistent(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             kind = pid[0] if isinstance(pid, tuple) and pid and isinstance(pid[0], str) else type(pid).__name__
-            raise CheckpointError(f"The checkpoint refers to an external object of kind {kind[:40]!r}; only storage "
-                                  "records are accepted (this is not a plain torch.save state dict).")
+            raise CheckpointError(
+                f"The checkpoint refers to an external object of kind {kind[:40]!r}; only storage "
+                "records are accepted (this is not a plain torch.save state dict)."
+            )
         _, storage_type, key, _location, numel = pid
         dtype = None
         if isinstance(storage_type, _Global) and storage_type.name.startswith("torch."):
-            dtype = STORAGE_DTYPES.get(storage_type.name[len("torch."):])
+            dtype = STORAGE_DTYPES.get(storage_type.name[len("torch.") :])
         if dtype is None:
             name = storage_type.name if isinstance(storage_type, _Global) else type(storage_type).__name__
             raise CheckpointError(f"Unsupported storage type {name[:60]!r} in the checkpoint.")
-        if not (isinstance(key, str) and _STORAGE_KEY.fullmatch(key)) or type(numel) is not int or not 0 <= numel <= 1 << 34:
+        if (
+            not (isinstance(key, str) and _STORAGE_KEY.fullmatch(key))
+            or type(numel) is not int
+            or not 0 <= numel <= 1 << 34
+        ):
             raise CheckpointError("A storage record of the checkpoint has an invalid name or size.")
         ref = _StorageRef(key, dtype, numel)
         if self.storages.setdefault(key, ref) != ref:
@@ -360,13 +374,21 @@ class _PickleMachine:
             elif op == b"G":
                 stack.append(self.unpack(">d"))
             elif op in (b"X", b"\x8c", b"\x8d"):  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
-                size = {b"X": lambda: self.unpack("<I"), b"\x8c": lambda: self.take(1)[0], b"\x8d": lambda: self.unpack("<Q")}[op]()
+                size = {
+                    b"X": lambda: self.unpack("<I"),
+                    b"\x8c": lambda: self.take(1)[0],
+                    b"\x8d": lambda: self.unpack("<Q"),
+                }[op]()
                 try:
                     stack.append(self.take(size).decode("utf-8", "surrogatepass"))
                 except UnicodeDecodeError:
                     raise CheckpointError("The checkpoint holds an invalid UTF-8 string.") from None
             elif op in (b"B", b"C", b"\x8e"):  # BINBYTES, SHORT_BINBYTES, BINBYTES8
-                size = {b"B": lambda: self.unpack("<I"), b"C": lambda: self.take(1)[0], b"\x8e": lambda: self.unpack("<Q")}[op]()
+                size = {
+                    b"B": lambda: self.unpack("<I"),
+                    b"C": lambda: self.take(1)[0],
+                    b"\x8e": lambda: self.unpack("<Q"),
+                }[op]()
                 stack.append(self.take(size))
             elif op in (b"T", b"U"):  # BINSTRING, SHORT_BINSTRING (Python 2 str)
                 size = self.unpack("<i") if op == b"T" else self.take(1)[0]
@@ -459,11 +481,15 @@ class _PickleMachine:
                 self.pop()
                 target = self.top()
                 if not isinstance(target, (_Inert, _StateDict)):
-                    raise CheckpointError(f"The checkpoint's pickle sets the state of a {type(target).__name__}; refused.")
+                    raise CheckpointError(
+                        f"The checkpoint's pickle sets the state of a {type(target).__name__}; refused."
+                    )
             elif op == b"Q":  # BINPERSID
                 stack.append(self.new(self.persistent(self.pop())))
             else:
-                raise CheckpointError(f"The checkpoint's pickle uses opcode {op!r}, which checkpoints never need; refused.")
+                raise CheckpointError(
+                    f"The checkpoint's pickle uses opcode {op!r}, which checkpoints never need; refused."
+                )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -493,12 +519,16 @@ def _zip_root(archive: zipfile.ZipFile) -> str:
         raise CheckpointError("The zip archive is not a torch.save checkpoint (no single <root>/data.pkl).")
     root = roots.pop()
     if any(name.startswith((f"{root}/code/", f"{root}/constants.pkl")) for name in names):
-        raise CheckpointError("This is a TorchScript archive (torch.jit.save); save the weights with "
-                              "torch.save(model.state_dict(), path) and convert that.")
+        raise CheckpointError(
+            "This is a TorchScript archive (torch.jit.save); save the weights with "
+            "torch.save(model.state_dict(), path) and convert that."
+        )
     return root
 
 
-def _read_record(archive: zipfile.ZipFile, name: str, expected_size: int | None = None, limit: int = MAX_PICKLE_BYTES) -> bytes:
+def _read_record(
+    archive: zipfile.ZipFile, name: str, expected_size: int | None = None, limit: int = MAX_PICKLE_BYTES
+) -> bytes:
     try:
         info = archive.getinfo(name)
     except KeyError:
@@ -576,9 +606,18 @@ def _safetensors_specs(path: str) -> dict[str, TensorSpec]:
     for key in handle.keys():
         shape = torch.Size(handle.get_slice(key).get_shape())
         dtype_name = handle.get_slice(key).get_dtype()
-        dtype = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                 "BOOL": torch.bool}.get(dtype_name)
+        dtype = {
+            "F32": torch.float32,
+            "F64": torch.float64,
+            "F16": torch.float16,
+            "BF16": torch.bfloat16,
+            "I64": torch.int64,
+            "I32": torch.int32,
+            "I16": torch.int16,
+            "I8": torch.int8,
+            "U8": torch.uint8,
+            "BOOL": torch.bool,
+        }.get(dtype_name)
         if dtype is None:
             raise CheckpointError(f"Tensor {key!r} has an unsupported dtype {dtype_name}.")
         specs[key] = TensorSpec(shape, dtype, lambda key=key: handle.get_tensor(key))

@@ -38,8 +38,10 @@ def requested_device(parser: argparse.ArgumentParser, name: str) -> torch.device
     except RuntimeError:
         parser.error(f"--device {name!r} is not a device (try cpu or cuda).")
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {name}: no CUDA GPU is available on this machine (torch {torch.__version__}, CUDA "
-                     f"build: {torch.version.cuda or 'none'}). Run on a GPU machine, or use --device cpu.")
+        parser.error(
+            f"--device {name}: no CUDA GPU is available on this machine (torch {torch.__version__}, CUDA "
+            f"build: {torch.version.cuda or 'none'}). Run on a GPU machine, or use --device cpu."
+        )
     return device
 
 
@@ -76,7 +78,9 @@ def encoder_flops_per_chunk(config: GramConfig) -> float:
     return 2.0 * (patch + config.num_hidden_layers * per_layer)
 
 
-def bench_throughput(variant: str, device: torch.device, batch_sizes, clips: int, repeats: int, matmul_rates: list) -> dict:
+def bench_throughput(
+    variant: str, device: torch.device, batch_sizes, clips: int, repeats: int, matmul_rates: list
+) -> dict:
     config = GramConfig.from_variant(variant)
     model = GramModel(config).to(device).eval()
     extractor = GramFeatureExtractor(num_channels=config.num_channels)
@@ -123,10 +127,17 @@ def peak_memory_child(minutes: float, variant: str, device: str) -> None:
     elapsed = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    print(json.dumps({
-        "minutes": minutes, "peak_rss_mib": peak_mib, "gpu_peak_mib": gpu_peak, "seconds": elapsed,
-        "steps": out.last_hidden_state.shape[1],
-    }))
+    print(
+        json.dumps(
+            {
+                "minutes": minutes,
+                "peak_rss_mib": peak_mib,
+                "gpu_peak_mib": gpu_peak,
+                "seconds": elapsed,
+                "steps": out.last_hidden_state.shape[1],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -157,7 +168,9 @@ def main() -> None:
         "variant": args.variant,
     }
     matmul_rates = []
-    report["throughput"] = bench_throughput(args.variant, device, args.batch_sizes, args.clips, args.repeats, matmul_rates)
+    report["throughput"] = bench_throughput(
+        args.variant, device, args.batch_sizes, args.clips, args.repeats, matmul_rates
+    )
     matmul_rates.append(matmul_flops_per_second(device, torch.float32))
     report["matmul_fp32_gflops_per_s"] = max(matmul_rates) / 1e9
     for value in report["throughput"].values():
@@ -165,9 +178,20 @@ def main() -> None:
             value["share_of_fp32_matmul_rate"] = value["encoder_gflops_per_s"] / report["matmul_fp32_gflops_per_s"]
     if not args.skip_memory:
         child = subprocess.run(
-            [sys.executable, __file__, "--_memory-child", "--device", args.device, "--variant", args.variant,
-             "--long-minutes", str(args.long_minutes)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--_memory-child",
+                "--device",
+                args.device,
+                "--variant",
+                args.variant,
+                "--long-minutes",
+                str(args.long_minutes),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         report["long_clip"] = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(report, indent=2))

@@ -48,14 +48,18 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def int8_linear_rate(size: int = 2048, repeats: int = 10) -> float:
-    layer = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(size, size, bias=False)), {nn.Linear}, dtype=torch.qint8)
+    layer = torch.ao.quantization.quantize_dynamic(
+        nn.Sequential(nn.Linear(size, size, bias=False)), {nn.Linear}, dtype=torch.qint8
+    )
     x = torch.randn(size, size)
     return 2 * size**3 / best_time(lambda: layer(x), torch.device("cpu"), repeats)
 
 
 def reference_rate(mode: str, device: torch.device, fast_bf16: bool) -> float:
     if mode == "bf16":
-        return matmul_flops_per_second(device, torch.bfloat16, size=2048 if fast_bf16 else 256, repeats=10 if fast_bf16 else 2)
+        return matmul_flops_per_second(
+            device, torch.bfloat16, size=2048 if fast_bf16 else 256, repeats=10 if fast_bf16 else 2
+        )
     if mode == "int8":
         return int8_linear_rate()
     return matmul_flops_per_second(device, torch.float32)
@@ -125,10 +129,15 @@ def main() -> None:
     flops_per_clip = -(-features.shape[2] // config.chunk_frames) * encoder_flops_per_chunk(config)
 
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                    "native_bf16": fast_bf16, "torch": torch.__version__},
-        "variant": args.variant, "audio": f"{args.clips} x 10-s synthetic binaural scenes (benchmarks/scenes.py)",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "native_bf16": fast_bf16,
+            "torch": torch.__version__,
+        },
+        "variant": args.variant,
+        "audio": f"{args.clips} x 10-s synthetic binaural scenes (benchmarks/scenes.py)",
         "modes": {},
     }
     reference = Runner("fp32", model, device, compile_model=False)
@@ -144,6 +153,7 @@ def main() -> None:
         else:
             entry["accuracy"] = accuracy(runner, reference, features)
             for batch in args.batch_sizes:
+
                 def run(batch=batch, runner=runner):
                     for start in range(0, args.clips, batch):
                         runner(features[start : start + batch])
@@ -158,7 +168,9 @@ def main() -> None:
                     "encoder_gflops_per_s": achieved / 1e9,
                 }
             for key in [k for k in entry if k.startswith("batch_")]:
-                entry[key]["share_of_reference_rate"] = entry[key]["encoder_gflops_per_s"] / entry["reference_gflops_per_s"]
+                entry[key]["share_of_reference_rate"] = (
+                    entry[key]["encoder_gflops_per_s"] / entry["reference_gflops_per_s"]
+                )
         report["modes"][mode] = entry
         print(json.dumps({mode: entry}, indent=2), flush=True)
     fp32 = report["modes"].get("fp32", {})

@@ -47,8 +47,9 @@ def pretraining_flops_per_sample(config: GramConfig) -> float:
     forward = 2.0 * patches * patch_dim * config.hidden_size
     forward += config.num_hidden_layers * _layer_flops(visible, config.hidden_size, config.intermediate_size)
     forward += 2.0 * visible * config.hidden_size * config.decoder_hidden_size
-    forward += config.decoder_num_hidden_layers * _layer_flops(patches, config.decoder_hidden_size,
-                                                               config.decoder_intermediate_size)
+    forward += config.decoder_num_hidden_layers * _layer_flops(
+        patches, config.decoder_hidden_size, config.decoder_intermediate_size
+    )
     forward += 2.0 * patches * config.decoder_hidden_size * patch_dim
     return 3.0 * forward
 
@@ -67,7 +68,9 @@ def synthetic_batch(scenes: int, audio_channels: int, device: torch.device, seco
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def bench(size: str, variant: str, mode: str, device: torch.device, scenes: int, crops: int, steps: int, warmup: int) -> dict:
+def bench(
+    size: str, variant: str, mode: str, device: torch.device, scenes: int, crops: int, steps: int, warmup: int
+) -> dict:
     config = GramConfig.from_variant(variant, **MODEL_SIZES[size])
     config._attn_implementation = "sdpa"
     model = GramForPreTraining(config).to(device).train()
@@ -99,9 +102,17 @@ def bench(size: str, variant: str, mode: str, device: torch.device, scenes: int,
     seconds = (time.perf_counter() - start) / steps
     samples = scenes * crops
     flops = pretraining_flops_per_sample(config) * samples / seconds
-    return {"size": size, "mode": mode, "scenes_per_step": scenes, "samples_per_step": samples,
-            "steps_per_s": 1 / seconds, "scenes_per_s": scenes / seconds, "samples_per_s": samples / seconds,
-            "model_tflops_per_s": flops / 1e12, "final_loss": float(loss.detach())}
+    return {
+        "size": size,
+        "mode": mode,
+        "scenes_per_step": scenes,
+        "samples_per_step": samples,
+        "steps_per_s": 1 / seconds,
+        "scenes_per_s": scenes / seconds,
+        "samples_per_s": samples / seconds,
+        "model_tflops_per_s": flops / 1e12,
+        "final_loss": float(loss.detach()),
+    }
 
 
 def main(argv=None) -> dict:
@@ -120,10 +131,17 @@ def main(argv=None) -> dict:
 
     device = requested_device(parser, args.device)
     torch.manual_seed(0)
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"},
-              "variant": args.variant, "runs": []}
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        },
+        "variant": args.variant,
+        "runs": [],
+    }
     for size in args.sizes:
         for mode in args.modes:
             run = bench(size, args.variant, mode, device, args.scenes, args.crops, args.steps, args.warmup)

@@ -39,8 +39,14 @@ class SkippedFiles:
 
     def skip(self, kind: str, name: str, error: Exception) -> None:
         self.counts[kind] += 1
-        logger.warning("Skipped %s %s (%s); %d %s input(s) skipped so far in this worker.",
-                       kind, name, error, self.counts[kind], kind)
+        logger.warning(
+            "Skipped %s %s (%s); %d %s input(s) skipped so far in this worker.",
+            kind,
+            name,
+            error,
+            self.counts[kind],
+            kind,
+        )
 
 
 def find_audio_files(folder: str | os.PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
@@ -118,8 +124,10 @@ def decode_record(value, sampling_rate: int, name: str, local_paths: bool = Fals
             return _resample(_check_audio(audio.T, name), rate, sampling_rate, name)
         if isinstance(value, dict) and value.get("path") is not None:
             if not local_paths:
-                raise BadAudioError(f"{name}: the record holds only a local path ({str(value['path'])[:200]}); "
-                                    "pass --hf_local_paths true to read such records")
+                raise BadAudioError(
+                    f"{name}: the record holds only a local path ({str(value['path'])[:200]}); "
+                    "pass --hf_local_paths true to read such records"
+                )
             return read_audio(value["path"], sampling_rate)
         if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
             audio = _check_audio(np.asarray(value["array"]), name)
@@ -128,7 +136,9 @@ def decode_record(value, sampling_rate: int, name: str, local_paths: bool = Fals
         raise
     except Exception as error:  # ragged arrays, odd types: a bad record, not a crash of the run
         raise BadAudioError(f"{name}: unusable record ({type(error).__name__}: {error})") from error
-    raise BadAudioError(f"{name}: expected an audio record (bytes/path or array/sampling_rate), got {type(value).__name__}")
+    raise BadAudioError(
+        f"{name}: expected an audio record (bytes/path or array/sampling_rate), got {type(value).__name__}"
+    )
 
 
 def shard_position() -> tuple[int, int]:
@@ -152,8 +162,10 @@ class FolderSource:
     def records(self, shard: int, num_shards: int, rng: np.random.Generator, sampling_rate: int, skipped: SkippedFiles):
         own = self.files[shard::num_shards]
         if not own:
-            raise ValueError(f"{self.folder} has {len(self.files)} files, fewer than the {num_shards} data shards "
-                             "(processes x DataLoader workers).")
+            raise ValueError(
+                f"{self.folder} has {len(self.files)} files, fewer than the {num_shards} data shards "
+                "(processes x DataLoader workers)."
+            )
         while True:
             usable = 0
             for index in rng.permutation(len(own)):
@@ -172,8 +184,17 @@ class HubSource:
     """A Hugging Face `datasets` audio column, streamed. The column is read undecoded and decoded here with
     soundfile (no torchcodec/FFmpeg needed); each shard gets its part via `split_dataset_by_node`."""
 
-    def __init__(self, path: str, split: str = "train", column: str = "audio", name: str | None = None,
-                 data_files=None, shuffle_buffer: int = 1000, seed: int = 0, local_paths: bool = False):
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        column: str = "audio",
+        name: str | None = None,
+        data_files=None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        local_paths: bool = False,
+    ):
         self.path, self.split, self.column, self.name = path, split, column, name
         self.data_files, self.shuffle_buffer, self.seed = data_files, shuffle_buffer, seed
         self.local_paths = local_paths
@@ -181,7 +202,9 @@ class HubSource:
     def _dataset(self):
         import datasets
 
-        dataset = datasets.load_dataset(self.path, self.name, split=self.split, data_files=self.data_files, streaming=True)
+        dataset = datasets.load_dataset(
+            self.path, self.name, split=self.split, data_files=self.data_files, streaming=True
+        )
         features = dataset.features or {}
         if self.column in features and isinstance(features[self.column], datasets.Audio):
             dataset = dataset.cast_column(self.column, datasets.Audio(decode=False))
@@ -205,7 +228,9 @@ class HubSource:
                 if self.column not in record:
                     raise KeyError(f"Column {self.column!r} not in the dataset (columns: {', '.join(record)}).")
                 try:
-                    audio = decode_record(record[self.column], sampling_rate, f"{self.path}[{position}]", self.local_paths)
+                    audio = decode_record(
+                        record[self.column], sampling_rate, f"{self.path}[{position}]", self.local_paths
+                    )
                 except BadAudioError as error:
                     skipped.skip("audio", f"record {position} of shard {shard}", error)
                     continue
@@ -290,15 +315,25 @@ class SceneDataset(IterableDataset):
     own random stream, so no clip is read twice per epoch across the job.
     """
 
-    def __init__(self, source, rir_folder, channels: int, noise_folder=None, noise_rir_folder=None,
-                 sampling_rate: int = 32000, clip_seconds: float = 10.0, seed: int = 0):
+    def __init__(
+        self,
+        source,
+        rir_folder,
+        channels: int,
+        noise_folder=None,
+        noise_rir_folder=None,
+        sampling_rate: int = 32000,
+        clip_seconds: float = 10.0,
+        seed: int = 0,
+    ):
         if channels not in (1, 2, 4):
             raise ValueError(f"channels must be 1, 2 or 4, got {channels}.")
         self.source = FolderSource(source) if isinstance(source, (str, os.PathLike)) else source
         self.rirs = ImpulseResponseBank(rir_folder, channels, sampling_rate)
         self.noises = FolderSource(noise_folder) if noise_folder is not None else None
-        self.noise_rirs = ImpulseResponseBank(noise_rir_folder if noise_rir_folder is not None else rir_folder,
-                                              channels, sampling_rate, several=True)
+        self.noise_rirs = ImpulseResponseBank(
+            noise_rir_folder if noise_rir_folder is not None else rir_folder, channels, sampling_rate, several=True
+        )
         self.sampling_rate, self.seed = sampling_rate, seed
         self.clip_samples = int(round(clip_seconds * sampling_rate))
         self.skipped = SkippedFiles()
@@ -310,8 +345,9 @@ class SceneDataset(IterableDataset):
         sources = self.source.records(shard, num_shards, rng, self.sampling_rate, self.skipped)
         noises = None
         if self.noises is not None:  # noise files are shared by all shards: a different random order in each
-            noises = self.noises.records(0, 1, np.random.default_rng([self.seed, shard, 1]), self.sampling_rate,
-                                         self.skipped)
+            noises = self.noises.records(
+                0, 1, np.random.default_rng([self.seed, shard, 1]), self.sampling_rate, self.skipped
+            )
         for audio in sources:
             example = {
                 "source": torch.from_numpy(_crop_or_pad(audio[:1], self.clip_samples, rng)[0]),
@@ -339,8 +375,9 @@ def collate_scenes(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
             pad = [0, 0] * (tensors[0].ndim - 1)
             if tensors[0].ndim == 3:
                 sources = max(t.shape[0] for t in tensors)
-                tensors = [torch.nn.functional.pad(t, (0, taps - t.shape[-1], 0, 0, 0, sources - t.shape[0]))
-                           for t in tensors]
+                tensors = [
+                    torch.nn.functional.pad(t, (0, taps - t.shape[-1], 0, 0, 0, sources - t.shape[0])) for t in tensors
+                ]
             else:
                 tensors = [torch.nn.functional.pad(t, (0, taps - t.shape[-1], *pad)) for t in tensors]
         batch[key] = torch.stack(tensors)

@@ -57,8 +57,15 @@ class SpatialScenes:
     is_test: np.ndarray
 
 
-def render_scenes(audio_format: str, num_rooms: int, scenes_per_room: int, seed: int = 0, seconds: float = 2.0,
-                  snr_db: tuple[float, float] = (10.0, 30.0), test_share: float = 0.25) -> SpatialScenes:
+def render_scenes(
+    audio_format: str,
+    num_rooms: int,
+    scenes_per_room: int,
+    seed: int = 0,
+    seconds: float = 2.0,
+    snr_db: tuple[float, float] = (10.0, 30.0),
+    test_share: float = 0.25,
+) -> SpatialScenes:
     """Each room gets one source direction and `scenes_per_room` different effects; the last
     `test_share` of the rooms are the test set (their rooms and directions are unseen in training)."""
     if num_rooms < 2 or scenes_per_room < 1:
@@ -85,27 +92,39 @@ def render_scenes(audio_format: str, num_rooms: int, scenes_per_room: int, seed:
             noise_clip = torch.from_numpy(noise[int(rng.integers(len(noise)))][None])
             noise_image = fft_convolve(noise_clip, noise_rir[None])[0]
             snr = rng.uniform(*snr_db)
-            gain = torch.sqrt(source_image.square().mean() / noise_image.square().mean().clamp_min(1e-12) / 10 ** (snr / 10))
+            gain = torch.sqrt(
+                source_image.square().mean() / noise_image.square().mean().clamp_min(1e-12) / 10 ** (snr / 10)
+            )
             scene = source_image + gain * noise_image
             audio.append((0.1 * scene / scene.square().mean().sqrt().clamp_min(1e-8)).numpy())
             kinds.append(kind_names.index(kind))
             directions.append(direction_vector(spec.azimuth, spec.elevation))
             azimuths.append(spec.azimuth)
             is_test.append(room >= num_rooms - num_test)
-    return SpatialScenes(np.stack(audio).astype(np.float32), np.array(kinds), kind_names,
-                         np.stack(directions).astype(np.float32), np.array(azimuths), np.array(is_test))
+    return SpatialScenes(
+        np.stack(audio).astype(np.float32),
+        np.array(kinds),
+        kind_names,
+        np.stack(directions).astype(np.float32),
+        np.array(azimuths),
+        np.array(is_test),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------
 # Representations
 # ------------------------------------------------------------------------------------------------------
-def gram_embeddings(model: GramModel, extractor: GramFeatureExtractor, audio: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def gram_embeddings(
+    model: GramModel, extractor: GramFeatureExtractor, audio: np.ndarray, batch_size: int = 16
+) -> np.ndarray:
     """Pooled embeddings `(n, size)` of the frozen encoder (its configured pooling strategy)."""
     model.eval()
     outputs = []
     with torch.no_grad():
         for start in range(0, len(audio), batch_size):
-            features = extractor(list(audio[start : start + batch_size]), sampling_rate=SAMPLING_RATE, return_tensors="pt")
+            features = extractor(
+                list(audio[start : start + batch_size]), sampling_rate=SAMPLING_RATE, return_tensors="pt"
+            )
             outputs.append(model(**features).pooler_output.float())
     return torch.cat(outputs).numpy()
 
@@ -154,18 +173,37 @@ class _Rows(torch.utils.data.Dataset):
         return {"embeddings": self.embeddings[index], "labels": self.labels[index]}
 
 
-def train_probe(embeddings: np.ndarray, labels: np.ndarray, train: np.ndarray, task: str, output_dir: str,
-                epochs: int = 100, learning_rate: float = 1e-2, weight_decay: float = 1e-2, seed: int = 0) -> np.ndarray:
+def train_probe(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    task: str,
+    output_dir: str,
+    epochs: int = 100,
+    learning_rate: float = 1e-2,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
+) -> np.ndarray:
     """Fit a `LinearProbe` on the `train` rows with HF `Trainer`; returns its predictions for every row."""
     train_x = torch.from_numpy(embeddings[train]).float()
     mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
     outputs = int(labels.max()) + 1 if task == "kind" else labels.shape[1]
     labels = labels.astype(np.int64) if task == "kind" else labels.astype(np.float32)
     probe = LinearProbe(embeddings.shape[1], outputs, task, mean, std)
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=32,
-                             learning_rate=learning_rate, weight_decay=weight_decay, lr_scheduler_type="constant",
-                             save_strategy="no", report_to="none", logging_strategy="no", seed=seed,
-                             disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+    args = TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=32,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to="none",
+        logging_strategy="no",
+        seed=seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
     Trainer(model=probe, args=args, train_dataset=_Rows(embeddings[train], labels[train])).train()
     probe.eval()
     with torch.no_grad():
@@ -177,7 +215,9 @@ def evaluate(name: str, embeddings: np.ndarray, scenes: SpatialScenes, work_dir:
     kind_logits = train_probe(embeddings, scenes.kinds, train, "kind", work_dir, epochs)
     predicted_directions = train_probe(embeddings, scenes.directions, train, "direction", work_dir, epochs)
     test = scenes.is_test
-    errors = angular_error_degrees(torch.from_numpy(predicted_directions[test]), torch.from_numpy(scenes.directions[test]))
+    errors = angular_error_degrees(
+        torch.from_numpy(predicted_directions[test]), torch.from_numpy(scenes.directions[test])
+    )
     predicted_azimuths = np.degrees(np.arctan2(predicted_directions[:, 1], predicted_directions[:, 0]))
     return {
         "representation": name,
@@ -200,8 +240,13 @@ def plot_directions(results: list[dict], true_azimuths: np.ndarray, path: Path) 
     for axis, result in zip(axes[0], results):
         axis.scatter(true_azimuths, result["predicted_azimuths"], s=18, alpha=0.7)
         axis.plot([-180, 180], [-180, 180], color="grey", linewidth=1)
-        axis.set(xlim=(-180, 180), ylim=(-180, 180), xlabel="true azimuth (deg)", ylabel="predicted azimuth (deg)",
-                 title=f"{result['representation']}: median error {result['angular_error_median_deg']:.0f} deg")
+        axis.set(
+            xlim=(-180, 180),
+            ylim=(-180, 180),
+            xlabel="true azimuth (deg)",
+            ylabel="predicted azimuth (deg)",
+            title=f"{result['representation']}: median error {result['angular_error_median_deg']:.0f} deg",
+        )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -214,20 +259,60 @@ def pretrain_tiny(audio_format: str, work_dir: Path, steps: int, seed: int) -> P
     from gram_training.simulate import write_pretraining_data
     from gram_training.train import main as train
 
-    data = write_pretraining_data(work_dir / "pretraining-data", audio_format, num_rirs=8, seed=seed + 1,
-                                  with_speech=True)
+    data = write_pretraining_data(
+        work_dir / "pretraining-data", audio_format, num_rirs=8, seed=seed + 1, with_speech=True
+    )
     output = work_dir / "tiny-gram"
     variant = f"{audio_format}-time"
-    train(["--output_dir", str(output), "--variant", variant, "--model_size", "tiny", "--max_steps", str(steps),
-           "--audio_dir", str(data / "sources"), "--rir_dir", str(data / "rirs"), "--noise_dir", str(data / "noise"),
-           "--noise_rir_dir", str(data / "noise_rirs"), "--per_device_train_batch_size", "4", "--crops_per_clip", "8",
-           "--learning_rate", "1e-3", "--warmup_steps", str(max(steps // 10, 1)), "--logging_steps", str(max(steps // 10, 1)),
-           "--save_strategy", "no", "--seed", str(seed), "--disable_tqdm", "true"])
+    train(
+        [
+            "--output_dir",
+            str(output),
+            "--variant",
+            variant,
+            "--model_size",
+            "tiny",
+            "--max_steps",
+            str(steps),
+            "--audio_dir",
+            str(data / "sources"),
+            "--rir_dir",
+            str(data / "rirs"),
+            "--noise_dir",
+            str(data / "noise"),
+            "--noise_rir_dir",
+            str(data / "noise_rirs"),
+            "--per_device_train_batch_size",
+            "4",
+            "--crops_per_clip",
+            "8",
+            "--learning_rate",
+            "1e-3",
+            "--warmup_steps",
+            str(max(steps // 10, 1)),
+            "--logging_steps",
+            str(max(steps // 10, 1)),
+            "--save_strategy",
+            "no",
+            "--seed",
+            str(seed),
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     return output
 
 
-def run_demo(output_dir, audio_format: str = "binaural", model: str | None = None, num_rooms: int = 40,
-             scenes_per_room: int = 6, pretraining_steps: int = 200, probe_epochs: int = 100, seed: int = 0) -> dict:
+def run_demo(
+    output_dir,
+    audio_format: str = "binaural",
+    model: str | None = None,
+    num_rooms: int = 40,
+    scenes_per_room: int = 6,
+    pretraining_steps: int = 200,
+    probe_epochs: int = 100,
+    seed: int = 0,
+) -> dict:
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
     with staged_directory(output_dir, "demo", inputs=[model] if model else [], overwrite_flag=None) as staging:
@@ -237,19 +322,29 @@ def run_demo(output_dir, audio_format: str = "binaural", model: str | None = Non
         encoder = GramModel.from_pretrained(model_dir)
         expected_channels = {"binaural": 2, "ambisonics": 7}[audio_format]
         if encoder.config.num_channels != expected_channels:
-            raise ValueError(f"The model at {model_dir} takes {encoder.config.num_channels} feature channels; "
-                             f"{audio_format} scenes give {expected_channels}.")
+            raise ValueError(
+                f"The model at {model_dir} takes {encoder.config.num_channels} feature channels; "
+                f"{audio_format} scenes give {expected_channels}."
+            )
         extractor = GramFeatureExtractor(num_channels=encoder.config.num_channels)
-        representations = {"GRAM": gram_embeddings(encoder, extractor, scenes.audio),
-                           "log-mel baseline": log_mel_baseline(extractor, scenes.audio)}
-        results = [evaluate(name, values, scenes, str(staging / "probes"), probe_epochs)
-                   for name, values in representations.items()]
+        representations = {
+            "GRAM": gram_embeddings(encoder, extractor, scenes.audio),
+            "log-mel baseline": log_mel_baseline(extractor, scenes.audio),
+        }
+        results = [
+            evaluate(name, values, scenes, str(staging / "probes"), probe_epochs)
+            for name, values in representations.items()
+        ]
         true_azimuths = scenes.azimuths[scenes.is_test]
         plot_directions(results, true_azimuths, staging / "directions.png")
         summary = {
-            "audio_format": audio_format, "model": str(model) if model else f"tiny GRAM, {pretraining_steps} steps",
-            "train_scenes": int((~scenes.is_test).sum()), "test_scenes": int(scenes.is_test.sum()),
-            "kinds": scenes.kind_names, "true_azimuths": true_azimuths.tolist(), "results": results,
+            "audio_format": audio_format,
+            "model": str(model) if model else f"tiny GRAM, {pretraining_steps} steps",
+            "train_scenes": int((~scenes.is_test).sum()),
+            "test_scenes": int(scenes.is_test.sum()),
+            "kinds": scenes.kind_names,
+            "true_azimuths": true_azimuths.tolist(),
+            "results": results,
         }
         (staging / "results.json").write_text(json.dumps(summary, indent=1))
         for leftover in ("probes", "pretraining-data"):
@@ -258,11 +353,15 @@ def run_demo(output_dir, audio_format: str = "binaural", model: str | None = Non
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{summary['test_scenes']} test scenes in unseen rooms ({summary['audio_format']}), model: {summary['model']}",
-             f"{'representation':<18} {'size':>6} {'kind accuracy':>14} {'median error':>13} {'mean error':>11}"]
+    lines = [
+        f"{summary['test_scenes']} test scenes in unseen rooms ({summary['audio_format']}), model: {summary['model']}",
+        f"{'representation':<18} {'size':>6} {'kind accuracy':>14} {'median error':>13} {'mean error':>11}",
+    ]
     for r in summary["results"]:
-        lines.append(f"{r['representation']:<18} {r['embedding_size']:>6} {r['kind_accuracy']:>13.1%} "
-                     f"{r['angular_error_median_deg']:>12.1f}° {r['angular_error_mean_deg']:>10.1f}°")
+        lines.append(
+            f"{r['representation']:<18} {r['embedding_size']:>6} {r['kind_accuracy']:>13.1%} "
+            f"{r['angular_error_median_deg']:>12.1f}° {r['angular_error_mean_deg']:>10.1f}°"
+        )
     lines.append(f"(chance accuracy {summary['results'][0]['kind_chance']:.1%}; a constant direction guess errs ~90°)")
     return "\n".join(lines)
 
@@ -280,8 +379,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        summary = run_demo(args.output_dir, args.audio_format, args.model, args.num_rooms, args.scenes_per_room,
-                           args.pretraining_steps, args.probe_epochs, args.seed)
+        summary = run_demo(
+            args.output_dir,
+            args.audio_format,
+            args.model,
+            args.num_rooms,
+            args.scenes_per_room,
+            args.pretraining_steps,
+            args.probe_epochs,
+            args.seed,
+        )
     except (ValueError, OSError) as error:
         parser.exit(2, f"error: {error}\n")
     print(format_table(summary))

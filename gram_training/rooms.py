@@ -52,8 +52,14 @@ class RoomSpec:
             listener = rng.uniform([1.0, 1.0, 1.2], dims - [1.0, 1.0, 0.8])
             az = rng.uniform(-180.0, 180.0) if azimuth is None else azimuth
             el = rng.uniform(-30.0, 60.0) if elevation is None else elevation
-            spec = cls(tuple(dims), float(rng.uniform(0.15, 0.6)), tuple(listener), float(az), float(el),
-                       float(rng.uniform(1.0, 3.0)))
+            spec = cls(
+                tuple(dims),
+                float(rng.uniform(0.15, 0.6)),
+                tuple(listener),
+                float(az),
+                float(el),
+                float(rng.uniform(1.0, 3.0)),
+            )
             if np.all(spec.source > 0.3) and np.all(spec.source < dims - 0.3):
                 return spec
         raise RuntimeError("Could not place the source inside a random room.")
@@ -61,8 +67,13 @@ class RoomSpec:
     def _room(self, sampling_rate: int):
         import pyroomacoustics as pra
 
-        room = pra.ShoeBox(list(self.dimensions), fs=sampling_rate, materials=pra.Material(self.absorption),
-                           max_order=self.max_order, air_absorption=False)
+        room = pra.ShoeBox(
+            list(self.dimensions),
+            fs=sampling_rate,
+            materials=pra.Material(self.absorption),
+            max_order=self.max_order,
+            air_absorption=False,
+        )
         room.add_source(self.source)
         return room
 
@@ -75,8 +86,12 @@ def foa_rir(spec: RoomSpec, sampling_rate: int = 32000) -> np.ndarray:
     from pyroomacoustics.directivities import RealSphericalHarmonicsDirectivity
 
     room = spec._room(sampling_rate)
-    acn = [RealSphericalHarmonicsDirectivity(0, 0), RealSphericalHarmonicsDirectivity(-1, 1),
-           RealSphericalHarmonicsDirectivity(0, 1), RealSphericalHarmonicsDirectivity(1, 1)]
+    acn = [
+        RealSphericalHarmonicsDirectivity(0, 0),
+        RealSphericalHarmonicsDirectivity(-1, 1),
+        RealSphericalHarmonicsDirectivity(0, 1),
+        RealSphericalHarmonicsDirectivity(1, 1),
+    ]
     position = np.tile(np.asarray(spec.listener, dtype=float)[:, None], (1, 4))
     room.add_microphone_array(pra.MicrophoneArray(position, sampling_rate, directivity=acn))
     room.compute_rir()

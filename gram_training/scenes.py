@@ -130,8 +130,9 @@ class SceneBuilder:
         config = self.config
         source_mask = None
         if source_length is not None:
-            source_mask = active_mask(source.shape[-1], torch.stack([torch.zeros_like(source_length), source_length], 1),
-                                      source.device)
+            source_mask = active_mask(
+                source.shape[-1], torch.stack([torch.zeros_like(source_length), source_length], 1), source.device
+            )
         scene = fft_convolve(normalize_level(source, config.level_dbfs, source_mask), rir)
         batch, device = scene.shape[0], scene.device
         if noise is not None:
@@ -158,7 +159,9 @@ class SceneBuilder:
         if frames < crop:
             raise ValueError(f"Clips give {frames} frames, fewer than the crop of {crop}.")
         cpu = generator.device if generator is not None else "cpu"
-        starts = torch.randint(0, frames - crop + 1, (batch, count), generator=generator, device=cpu).to(features.device)
+        starts = torch.randint(0, frames - crop + 1, (batch, count), generator=generator, device=cpu).to(
+            features.device
+        )
         index = starts.unsqueeze(-1) + torch.arange(crop, device=features.device)  # (B, K, crop)
         index = index.view(batch, 1, count * crop, 1).expand(batch, channels, count * crop, mels)
         crops = features.gather(2, index).view(batch, channels, count, crop, mels)
@@ -166,11 +169,20 @@ class SceneBuilder:
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """Model inputs `(B * crops_per_clip, F, crop_frames, mels)` float32 from a collated batch."""
-        scene = self.mix(batch["source"], batch["rir"], batch.get("noise"), batch.get("noise_rir"), generator,
-                         noise_active=batch.get("noise_active"), source_length=batch.get("source_length"))
+        scene = self.mix(
+            batch["source"],
+            batch["rir"],
+            batch.get("noise"),
+            batch.get("noise_rir"),
+            generator,
+            noise_active=batch.get("noise_active"),
+            source_length=batch.get("source_length"),
+        )
         with torch.autocast(scene.device.type, enabled=False):  # features in float32 even under bf16 training
             features = self.feature_extractor.extract(scene.float())
         if not torch.isfinite(features).all():  # one bad scene would make every weight NaN
-            raise ValueError("The scene batch has non-finite features; sources are checked when read (see the "
-                             "warnings about skipped files), so check the impulse responses and noise files.")
+            raise ValueError(
+                "The scene batch has non-finite features; sources are checked when read (see the "
+                "warnings about skipped files), so check the impulse responses and noise files."
+            )
         return self.random_crops(features, generator)

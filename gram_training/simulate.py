@@ -123,8 +123,15 @@ def noise_position(spec: RoomSpec, rng: np.random.Generator) -> RoomSpec:
     return noise
 
 
-def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs: int = 32, seed: int = 0,
-                           sampling_rate: int = 32000, with_speech: bool = True, noise_sources: int = 3) -> Path:
+def write_pretraining_data(
+    output_dir,
+    audio_format: str = "binaural",
+    num_rirs: int = 32,
+    seed: int = 0,
+    sampling_rate: int = 32000,
+    with_speech: bool = True,
+    noise_sources: int = 3,
+) -> Path:
     """Write the offline pretraining material (see the module docstring) atomically to `output_dir`."""
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
@@ -151,11 +158,14 @@ def write_pretraining_data(output_dir, audio_format: str = "binaural", num_rirs:
             noise_specs = [noise_position(spec, rng) for _ in range(noise_sources)]
             responses = [room_impulse_response(n, audio_format, sampling_rate) for n in noise_specs]
             taps = max(r.shape[-1] for r in responses)
-            np.save(staging / "noise_rirs" / f"rir{index:04d}.npy",
-                    np.stack([np.pad(r, ((0, 0), (0, taps - r.shape[-1]))) for r in responses]))
+            np.save(
+                staging / "noise_rirs" / f"rir{index:04d}.npy",
+                np.stack([np.pad(r, ((0, 0), (0, taps - r.shape[-1]))) for r in responses]),
+            )
             metadata.append({"file": f"rir{index:04d}.npy", **asdict(spec), "noise": [asdict(n) for n in noise_specs]})
-        (staging / "rirs.json").write_text(json.dumps({"audio_format": audio_format, "sampling_rate": sampling_rate,
-                                                       "rirs": metadata}, indent=1))
+        (staging / "rirs.json").write_text(
+            json.dumps({"audio_format": audio_format, "sampling_rate": sampling_rate, "rirs": metadata}, indent=1)
+        )
     return Path(output_dir)
 
 
@@ -169,8 +179,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-speech", action="store_true", help="leave out the eSpeak NG sentences")
     args = parser.parse_args(argv)
     try:
-        path = write_pretraining_data(args.output_dir, args.audio_format, args.num_rirs, args.seed,
-                                      with_speech=not args.no_speech, noise_sources=args.noise_sources)
+        path = write_pretraining_data(
+            args.output_dir,
+            args.audio_format,
+            args.num_rirs,
+            args.seed,
+            with_speech=not args.no_speech,
+            noise_sources=args.noise_sources,
+        )
     except (ValueError, OSError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Wrote {path}")

@@ -33,8 +33,15 @@ logger = logging.getLogger(__name__)
 # Sizes beside ViT-B: "tiny" runs the whole pipeline in seconds on a CPU (tests, demos, smoke runs).
 MODEL_SIZES = {
     "base": {},
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                 decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_intermediate_size=128),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        decoder_hidden_size=64,
+        decoder_num_hidden_layers=2,
+        decoder_intermediate_size=128,
+    ),
 }
 
 
@@ -42,8 +49,12 @@ MODEL_SIZES = {
 class ModelArguments:
     variant: str = field(default="binaural-time", metadata={"help": f"one of {', '.join(GRAM_VARIANTS)}"})
     model_size: str = field(default="base", metadata={"help": f"one of {', '.join(MODEL_SIZES)}"})
-    init_from: str | None = field(default=None, metadata={
-        "help": "a saved GramForPreTraining directory (e.g. a converted original checkpoint) to go on pretraining"})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "a saved GramForPreTraining directory (e.g. a converted original checkpoint) to go on pretraining"
+        },
+    )
     mask_ratio: float = field(default=0.8, metadata={"help": "share of patches masked per sample"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa (flash/efficient kernels) or eager"})
 
@@ -52,15 +63,23 @@ class ModelArguments:
 class DataArguments:
     rir_dir: str = field(metadata={"help": "folder of multi-channel impulse responses (.npy (C, taps), wav, flac)"})
     audio_dir: str | None = field(default=None, metadata={"help": "folder of source audio (wav/flac/ogg/mp3/npy)"})
-    hf_dataset: str | None = field(default=None, metadata={"help": "a `datasets` name or builder (e.g. parquet), streamed"})
+    hf_dataset: str | None = field(
+        default=None, metadata={"help": "a `datasets` name or builder (e.g. parquet), streamed"}
+    )
     hf_config: str | None = None
     hf_split: str = "train"
     hf_audio_column: str = "audio"
     hf_data_files: list[str] | None = field(default=None, metadata={"help": "data files for a builder such as parquet"})
-    hf_local_paths: bool = field(default=False, metadata={
-        "help": "read dataset records that hold only a local file path (off: a dataset cannot open files of this machine)"})
+    hf_local_paths: bool = field(
+        default=False,
+        metadata={
+            "help": "read dataset records that hold only a local file path (off: a dataset cannot open files of this machine)"
+        },
+    )
     noise_dir: str | None = field(default=None, metadata={"help": "folder of noise clips; no noise if not given"})
-    noise_rir_dir: str | None = field(default=None, metadata={"help": "impulse responses for the noise (default: rir_dir)"})
+    noise_rir_dir: str | None = field(
+        default=None, metadata={"help": "impulse responses for the noise (default: rir_dir)"}
+    )
     snr_db_min: float = 5.0
     snr_db_max: float = 40.0
     clean_ratio: float = field(default=0.0, metadata={"help": "share of scenes without noise"})
@@ -88,8 +107,12 @@ class GramPretrainingArguments(TrainingArguments):
     warmup_steps: float = 10000
     max_steps: int = 500000
     max_grad_norm: float = 1.0
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (the command line turns it on with CUDA)"})
-    torch_compile: bool = field(default=False, metadata={"help": "torch.compile (the command line turns it on with CUDA)"})
+    bf16: bool = field(
+        default=False, metadata={"help": "bf16 mixed precision (the command line turns it on with CUDA)"}
+    )
+    torch_compile: bool = field(
+        default=False, metadata={"help": "torch.compile (the command line turns it on with CUDA)"}
+    )
     save_steps: float = 10000
     logging_steps: float = 100
     remove_unused_columns: bool = False
@@ -116,7 +139,9 @@ class StopOnNonFiniteGradients(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
-            bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            bad = [
+                name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+            ]
             raise NonFiniteTrainingError(
                 f"Non-finite gradients at step {state.global_step + 1} (in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
                 "training stopped, nothing was saved for this step. Lower the learning rate or check the data."
@@ -140,8 +165,11 @@ class GramPretrainer(Trainer):
             raise ValueError("GramPretrainer needs a train_dataset.")
         args, workers = self.args, self.args.dataloader_num_workers
         return DataLoader(
-            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
-            num_workers=workers, pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
             persistent_workers=args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
         )
@@ -161,13 +189,16 @@ class GramPretrainer(Trainer):
 def build_config(model_args: ModelArguments) -> GramConfig:
     if model_args.model_size not in MODEL_SIZES:
         raise ValueError(f"model_size must be one of {', '.join(MODEL_SIZES)}, got {model_args.model_size!r}.")
-    return GramConfig.from_variant(model_args.variant, mask_ratio=model_args.mask_ratio,
-                                   **MODEL_SIZES[model_args.model_size])
+    return GramConfig.from_variant(
+        model_args.variant, mask_ratio=model_args.mask_ratio, **MODEL_SIZES[model_args.model_size]
+    )
 
 
 def build_model(model_args: ModelArguments) -> GramForPreTraining:
     if model_args.init_from:
-        model = GramForPreTraining.from_pretrained(model_args.init_from, attn_implementation=model_args.attn_implementation)
+        model = GramForPreTraining.from_pretrained(
+            model_args.init_from, attn_implementation=model_args.attn_implementation
+        )
         model.config.mask_ratio = model_args.mask_ratio
         return model
     config = build_config(model_args)
@@ -178,12 +209,26 @@ def build_model(model_args: ModelArguments) -> GramForPreTraining:
 def build_dataset(data_args: DataArguments, config: GramConfig, seed: int) -> SceneDataset:
     if (data_args.audio_dir is None) == (data_args.hf_dataset is None):
         raise ValueError("Give exactly one audio source: --audio_dir or --hf_dataset.")
-    source = data_args.audio_dir or HubSource(data_args.hf_dataset, data_args.hf_split, data_args.hf_audio_column,
-                                              data_args.hf_config, data_args.hf_data_files, seed=seed,
-                                              local_paths=data_args.hf_local_paths)
+    source = data_args.audio_dir or HubSource(
+        data_args.hf_dataset,
+        data_args.hf_split,
+        data_args.hf_audio_column,
+        data_args.hf_config,
+        data_args.hf_data_files,
+        seed=seed,
+        local_paths=data_args.hf_local_paths,
+    )
     channels = {1: 1, 2: 2, 7: 4}[config.num_channels]
-    return SceneDataset(source, data_args.rir_dir, channels, data_args.noise_dir, data_args.noise_rir_dir,
-                        config.sampling_rate, data_args.clip_seconds, seed)
+    return SceneDataset(
+        source,
+        data_args.rir_dir,
+        channels,
+        data_args.noise_dir,
+        data_args.noise_rir_dir,
+        config.sampling_rate,
+        data_args.clip_seconds,
+        seed,
+    )
 
 
 def with_gpu_defaults(argv: list[str], cuda: bool) -> list[str]:
@@ -213,16 +258,31 @@ def main(argv=None) -> GramPretrainer:
     set_seed(training_args.seed)  # the model's initial weights too (Trainer seeds only once it exists)
     model = build_model(model_args)
     config = model.config
-    feature_extractor = GramFeatureExtractor(num_channels=config.num_channels, sampling_rate=config.sampling_rate,
-                                             num_mel_bins=config.num_mel_bins, hop_length=config.hop_length)
+    feature_extractor = GramFeatureExtractor(
+        num_channels=config.num_channels,
+        sampling_rate=config.sampling_rate,
+        num_mel_bins=config.num_mel_bins,
+        hop_length=config.hop_length,
+    )
     scene_config = SceneConfig(
-        sampling_rate=config.sampling_rate, clip_seconds=data_args.clip_seconds, snr_db_min=data_args.snr_db_min,
-        snr_db_max=data_args.snr_db_max, clean_ratio=data_args.clean_ratio, level_dbfs=data_args.level_dbfs,
-        crops_per_clip=data_args.crops_per_clip, crop_frames=config.chunk_frames)
+        sampling_rate=config.sampling_rate,
+        clip_seconds=data_args.clip_seconds,
+        snr_db_min=data_args.snr_db_min,
+        snr_db_max=data_args.snr_db_max,
+        clean_ratio=data_args.clean_ratio,
+        level_dbfs=data_args.level_dbfs,
+        crops_per_clip=data_args.crops_per_clip,
+        crop_frames=config.chunk_frames,
+    )
     dataset = build_dataset(data_args, config, training_args.seed)
     trainer = GramPretrainer(
-        model=model, args=training_args, train_dataset=dataset, data_collator=collate_scenes,
-        processing_class=feature_extractor, scene_builder=SceneBuilder(feature_extractor, scene_config))
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collate_scenes,
+        processing_class=feature_extractor,
+        scene_builder=SceneBuilder(feature_extractor, scene_config),
+    )
     resume = training_args.resume_from_checkpoint
     if resume == "latest":
         resume = get_last_checkpoint(training_args.output_dir)

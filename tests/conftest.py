@@ -41,8 +41,12 @@ def model_pair(config: GramConfig, seed: int = 0):
     """(GramModel, OriginalGramEncoder) sharing the original's randomly initialised weights."""
     torch.manual_seed(seed)
     original = OriginalGramEncoder(
-        in_channels=config.num_channels, fshape=config.patch_size[0], tshape=config.patch_size[1],
-        hidden=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
+        in_channels=config.num_channels,
+        fshape=config.patch_size[0],
+        tshape=config.patch_size[1],
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
         mlp=config.intermediate_size,
     ).eval()
     model = GramModel(config).eval()
@@ -55,7 +59,7 @@ def package_state_from_original(original_state: dict, prefix: str = "") -> dict:
     (test_convert_checkpoint cross-checks that table against an independent mapping); with `prefix`, only the
     keys under it, prefix removed (e.g. "gram." for the encoder alone)."""
     mapped, _ = map_original_keys(original_state)
-    return {k[len(prefix):]: v for k, v in mapped.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in mapped.items() if k.startswith(prefix)}
 
 
 @pytest.fixture(scope="session")

@@ -42,15 +42,31 @@ def original_sincos_table(embed_dim: int, grid_size: tuple[int, int], cls_token_
 class OriginalGramEncoder(nn.Module):
     """The original module's encoder side, with its state-dict key names."""
 
-    def __init__(self, in_channels=2, fshape=128, tshape=2, hidden=768, layers=12, heads=12, mlp=3072,
-                 num_mel_bins=128, target_length=200):
+    def __init__(
+        self,
+        in_channels=2,
+        fshape=128,
+        tshape=2,
+        hidden=768,
+        layers=12,
+        heads=12,
+        mlp=3072,
+        num_mel_bins=128,
+        target_length=200,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.encoder_embedding_dim = hidden
         self.grid_size = (num_mel_bins // fshape, target_length // tshape)
         self.encoder = Encoder(
-            seq_length=0, num_layers=layers, num_heads=heads, hidden_dim=hidden, mlp_dim=mlp,
-            dropout=0.0, attention_dropout=0.0, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            seq_length=0,
+            num_layers=layers,
+            num_heads=heads,
+            hidden_dim=hidden,
+            mlp_dim=mlp,
+            dropout=0.0,
+            attention_dropout=0.0,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
         )
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_channels, hidden, kernel_size=(fshape, tshape), stride=(fshape, tshape))
@@ -93,8 +109,9 @@ class OriginalGramEncoder(nn.Module):
 
 # --- hear_api/runtime.py: RuntimeGRAMT.encode / get_scene_embeddings ------------------------------------
 @torch.no_grad()
-def original_runtime_encode(model: OriginalGramEncoder, x: torch.Tensor, strategy: str, unit_frames: int = 200,
-                            until_block=None):
+def original_runtime_encode(
+    model: OriginalGramEncoder, x: torch.Tensor, strategy: str, unit_frames: int = 200, until_block=None
+):
     cur_frames = x.shape[2]
     pad_frames = unit_frames - (cur_frames % unit_frames)  # BUG (kept): a full extra chunk when divisible
     if pad_frames > 0:
@@ -122,10 +139,17 @@ class OriginalAmbisonicFeatures(nn.Module):
         super().__init__()
         self.eps = 1e-6
         self.spectrogram = torchaudio.transforms.Spectrogram(
-            n_fft=n_fft, win_length=n_fft, hop_length=hop_length, power=None, center=True, pad_mode="reflect",
+            n_fft=n_fft,
+            win_length=n_fft,
+            hop_length=hop_length,
+            power=None,
+            center=True,
+            pad_mode="reflect",
             onesided=True,
         )
-        self.mel_scale = torchaudio.transforms.MelScale(n_mels, sample_rate, f_min, sample_rate // 2, n_fft // 2 + 1, None, "htk")
+        self.mel_scale = torchaudio.transforms.MelScale(
+            n_mels, sample_rate, f_min, sample_rate // 2, n_fft // 2 + 1, None, "htk"
+        )
 
     def forward(self, audio):
         spec = self.spectrogram(audio)
@@ -192,9 +216,13 @@ def original_to_package_state_dict(original: dict[str, torch.Tensor], num_layers
         "encoder.ln.bias": "layernorm.bias",
     }
     per_layer = {
-        "ln_1": "layernorm_before", "self_attention.in_proj_weight": "attention.qkv.weight",
-        "self_attention.in_proj_bias": "attention.qkv.bias", "self_attention.out_proj": "attention.proj",
-        "ln_2": "layernorm_after", "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2",
+        "ln_1": "layernorm_before",
+        "self_attention.in_proj_weight": "attention.qkv.weight",
+        "self_attention.in_proj_bias": "attention.qkv.bias",
+        "self_attention.out_proj": "attention.proj",
+        "ln_2": "layernorm_after",
+        "mlp.0": "mlp.fc1",
+        "mlp.3": "mlp.fc2",
     }
     for i in range(num_layers):
         for old, new in per_layer.items():
@@ -229,9 +257,13 @@ class OriginalWindowedAttentionHead(nn.Module):
 
     def forward(self, q, k, v):
         B, W, C = q.shape
-        q, k, v = (t.view(B, W // self.window_size, self.window_size, C).view(-1, self.window_size, C) for t in (q, k, v))
+        q, k, v = (
+            t.view(B, W // self.window_size, self.window_size, C).view(-1, self.window_size, C) for t in (q, k, v)
+        )
         attn = (q @ k.transpose(-2, -1)) * self.scale
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(self.window_size, self.window_size, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(
+            self.window_size, self.window_size, -1
+        )
         attn = (attn + bias.permute(2, 0, 1)).softmax(dim=-1)
         x = attn @ v
         return x.view(B, W // self.window_size, self.window_size, -1).view(B, W, -1)
@@ -290,8 +322,20 @@ def original_generate_patches(x, fshape, tshape):
 class OriginalGram(OriginalGramEncoder):
     """The whole original GRAMT module (encoder + MW-MAE decoder + feature buffers), its key names."""
 
-    def __init__(self, in_channels=2, fshape=128, tshape=2, hidden=768, layers=12, heads=12, mlp=3072,
-                 decoder_dim=512, decoder_depth=8, decoder_heads=8, window_sizes=(2, 5, 10, 25, 50, 0, 0, 0)):
+    def __init__(
+        self,
+        in_channels=2,
+        fshape=128,
+        tshape=2,
+        hidden=768,
+        layers=12,
+        heads=12,
+        mlp=3072,
+        decoder_dim=512,
+        decoder_depth=8,
+        decoder_heads=8,
+        window_sizes=(2, 5, 10, 25, 50, 0, 0, 0),
+    ):
         super().__init__(in_channels, fshape, tshape, hidden, layers, heads, mlp)
         self.fshape, self.tshape = fshape, tshape
         self.decoder_embed = nn.Linear(hidden, decoder_dim, bias=True)
@@ -338,14 +382,24 @@ class OriginalGram(OriginalGramEncoder):
 def original_decoder_to_package_state_dict(original, num_layers, num_decoder_layers):
     """Original GRAMT keys -> GramForPreTraining keys (derived buffers dropped)."""
     state = {f"gram.{k}": v for k, v in original_to_package_state_dict(original, num_layers).items()}
-    simple = {"decoder_embed": "decoder.decoder_embed", "decoder_norm": "decoder.layernorm", "spec_pred.0": "decoder.prediction"}
+    simple = {
+        "decoder_embed": "decoder.decoder_embed",
+        "decoder_norm": "decoder.layernorm",
+        "spec_pred.0": "decoder.prediction",
+    }
     for old, new in simple.items():
         for leaf in ("weight", "bias"):
             state[f"{new}.{leaf}"] = original[f"{old}.{leaf}"]
     state["decoder.mask_token"] = original["mask_token"]
     state["decoder.position_embeddings"] = original["decoder_pos_embed"]
-    block_map = {"norm1": "layernorm_before", "wmha.qkv": "attention.qkv", "wmha.proj": "attention.proj",
-                 "norm2": "layernorm_after", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    block_map = {
+        "norm1": "layernorm_before",
+        "wmha.qkv": "attention.qkv",
+        "wmha.proj": "attention.proj",
+        "norm2": "layernorm_after",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
     for i in range(num_decoder_layers):
         for old, new in block_map.items():
             for leaf in ("weight", "bias"):
@@ -353,6 +407,6 @@ def original_decoder_to_package_state_dict(original, num_layers, num_decoder_lay
         prefix = f"decoder_blocks.{i}.wmha.attn_heads."
         for key, value in original.items():
             if key.startswith(prefix) and key.endswith("relative_position_bias_table"):
-                head = key[len(prefix):].split(".")[0]
+                head = key[len(prefix) :].split(".")[0]
                 state[f"decoder.layers.{i}.attention.relative_position_bias_tables.{head}"] = value
     return state

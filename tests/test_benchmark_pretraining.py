@@ -22,8 +22,22 @@ def test_analytic_flops_match_torch_flop_counter():
 
 
 def test_benchmark_runs_and_reports(tmp_path):
-    report = benchmark_pretraining.main(["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--scenes", "1",
-                                         "--crops", "2", "--json", str(tmp_path / "out.json")])
+    report = benchmark_pretraining.main(
+        [
+            "--sizes",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--scenes",
+            "1",
+            "--crops",
+            "2",
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     (run,) = report["runs"]
     assert run["samples_per_step"] == 2 and run["steps_per_s"] > 0 and "share_of_fp32_matmul_rate" in run
     assert (tmp_path / "out.json").is_file()

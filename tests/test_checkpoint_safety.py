@@ -46,11 +46,31 @@ def zip_checkpoint(path, data_pkl: bytes, records: dict[str, bytes] | None = Non
 
 def tensor_pickle(shape, stride, numel, offset=0, storage=b"FloatStorage", key="0") -> bytes:
     """{'w': _rebuild_tensor_v2(<storage key, numel>, offset, shape, stride, False, OrderedDict())}"""
+
     def ints(values):
         return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
 
-    pid = b"(" + unicode("storage") + global_("torch", storage.decode()) + unicode(key) + unicode("cpu") + b"J" + struct.pack("<i", numel) + b"tQ"
-    args = b"(" + pid + b"J" + struct.pack("<i", offset) + ints(shape) + ints(stride) + b"\x89" + global_("collections", "OrderedDict") + b")Rt"
+    pid = (
+        b"("
+        + unicode("storage")
+        + global_("torch", storage.decode())
+        + unicode(key)
+        + unicode("cpu")
+        + b"J"
+        + struct.pack("<i", numel)
+        + b"tQ"
+    )
+    args = (
+        b"("
+        + pid
+        + b"J"
+        + struct.pack("<i", offset)
+        + ints(shape)
+        + ints(stride)
+        + b"\x89"
+        + global_("collections", "OrderedDict")
+        + b")Rt"
+    )
     return b"\x80\x02}(" + unicode("w") + global_("torch._utils", "_rebuild_tensor_v2") + args + b"Ru."
 
 
@@ -58,8 +78,11 @@ def legacy_patch_attack() -> bytes:
     """A legacy (pre-zip) torch pickle that BUILDs `dump_patches` onto an allowed function and passes it in a
     ('module', obj, source, text) persistent id: torch's legacy loader then writes a .patch file."""
     out = io.BytesIO()
-    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
-                                                  "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+    for header in (
+        0x1950A86A20F9469CFC6C,
+        1001,
+        {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}},
+    ):
         pickle.dump(header, out, protocol=2)
     body = b"\x80\x02" + global_("torch._utils", "_rebuild_parameter_with_state") + b"q\x00"
     body += b"}(" + unicode("dump_patches") + b"\x88ub0"  # BUILD: set an attribute on the function
@@ -85,8 +108,12 @@ def test_legacy_pickle_file_write_attack_is_live_for_torch_and_refused_here(tmp_
     victim = tmp_path / "victim"
     victim.mkdir()
     # The attack is real: torch's legacy loader writes the attacker's text into the working directory.
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(checkpoint)!r}, weights_only=False)"],
-                   cwd=victim, capture_output=True, check=False)
+    subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.load({str(checkpoint)!r}, weights_only=False)"],
+        cwd=victim,
+        capture_output=True,
+        check=False,
+    )
     written = list(victim.iterdir())
     assert written and "ATTACKER TEXT" in written[0].read_text()
     written[0].unlink()
@@ -98,25 +125,52 @@ def test_legacy_pickle_file_write_attack_is_live_for_torch_and_refused_here(tmp_
     assert not hasattr(torch._utils._rebuild_parameter_with_state, "dump_patches")
 
 
-@pytest.mark.parametrize("payload, message", [
-    # BUILD on an allowed function (zip format this time)
-    (b"\x80\x02" + global_("torch._utils", "_rebuild_parameter_with_state") + b"}(" + unicode("dump_patches") + b"\x88ub.",
-     "sets the state of a _Global"),
-    # the ('module', obj, source, text) persistent id
-    (b"\x80\x02(" + unicode("module") + global_("torch._utils", "_rebuild_parameter") + unicode("a.py") + unicode("x") + b"tQ.",
-     "external object of kind 'module'"),
-    # SETITEM onto a function
-    (b"\x80\x02" + global_("torch._utils", "_rebuild_tensor") + unicode("k") + unicode("v") + b"s.", "sets items on a _Global"),
-    # os.system through REDUCE: becomes an inert placeholder, never called
-    (b"\x80\x02" + global_("os", "system") + unicode("touch PWNED") + b"\x85R.", "no state dict"),
-    # a storage type called directly (uninitialised memory in torch) instead of a record of the file
-    (b"\x80\x02}(" + unicode("w") + global_("torch._utils", "_rebuild_tensor_v2") + b"(" + global_("torch", "FloatStorage")
-     + b"J\x00\x10\x00\x00\x85RJ\x00\x00\x00\x00J\x00\x10\x00\x00\x85K\x01\x85\x89" + global_("collections", "OrderedDict")
-     + b")RtRu.", "not a storage record"),
-    # EXT opcodes, INST/OBJ and other opcodes checkpoints never use
-    (b"\x80\x02\x82\x01.", "opcode"),
-    (b"\x80\x02(" + b"ios\nsystem\n" + b".", "opcode"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        # BUILD on an allowed function (zip format this time)
+        (
+            b"\x80\x02"
+            + global_("torch._utils", "_rebuild_parameter_with_state")
+            + b"}("
+            + unicode("dump_patches")
+            + b"\x88ub.",
+            "sets the state of a _Global",
+        ),
+        # the ('module', obj, source, text) persistent id
+        (
+            b"\x80\x02("
+            + unicode("module")
+            + global_("torch._utils", "_rebuild_parameter")
+            + unicode("a.py")
+            + unicode("x")
+            + b"tQ.",
+            "external object of kind 'module'",
+        ),
+        # SETITEM onto a function
+        (
+            b"\x80\x02" + global_("torch._utils", "_rebuild_tensor") + unicode("k") + unicode("v") + b"s.",
+            "sets items on a _Global",
+        ),
+        # os.system through REDUCE: becomes an inert placeholder, never called
+        (b"\x80\x02" + global_("os", "system") + unicode("touch PWNED") + b"\x85R.", "no state dict"),
+        # a storage type called directly (uninitialised memory in torch) instead of a record of the file
+        (
+            b"\x80\x02}("
+            + unicode("w")
+            + global_("torch._utils", "_rebuild_tensor_v2")
+            + b"("
+            + global_("torch", "FloatStorage")
+            + b"J\x00\x10\x00\x00\x85RJ\x00\x00\x00\x00J\x00\x10\x00\x00\x85K\x01\x85\x89"
+            + global_("collections", "OrderedDict")
+            + b")RtRu.",
+            "not a storage record",
+        ),
+        # EXT opcodes, INST/OBJ and other opcodes checkpoints never use
+        (b"\x80\x02\x82\x01.", "opcode"),
+        (b"\x80\x02(" + b"ios\nsystem\n" + b".", "opcode"),
+    ],
+)
 def test_pickle_tricks_in_zip_checkpoints_are_refused(payload, message, tmp_path, capsys):
     checkpoint = zip_checkpoint(tmp_path / "evil.ckpt", payload)
     os.chdir(tmp_path)
@@ -149,7 +203,13 @@ def test_record_sizes_must_match_and_conversions_are_byte_identical(tmp_path, ca
         read_checkpoint(str(short))[0]["w"].load()
     # A view reaching past its storage: refused when described.
     with pytest.raises(CheckpointError, match="past the end"):
-        read_checkpoint(str(zip_checkpoint(tmp_path / "past.ckpt", tensor_pickle((4,), (1,), numel=4, offset=2), {"0": b"\x00" * 16})))
+        read_checkpoint(
+            str(
+                zip_checkpoint(
+                    tmp_path / "past.ckpt", tensor_pickle((4,), (1,), numel=4, offset=2), {"0": b"\x00" * 16}
+                )
+            )
+        )
 
     checkpoint = tmp_path / "ckpt.pt"
     torch.save({"state_dict": make_original("binaural-time").state_dict()}, checkpoint)
@@ -160,8 +220,15 @@ def test_record_sizes_must_match_and_conversions_are_byte_identical(tmp_path, ca
 
 def test_storage_views_and_dtypes_are_rebuilt_exactly(tmp_path):
     base = torch.randn(6, 5)
-    state = {"t": base.t(), "slice": base[1:4, ::2], "bf16": base.bfloat16(),
-             "int": torch.arange(7), "bool": base > 0, "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
+    state = {
+        "t": base.t(),
+        "slice": base[1:4, ::2],
+        "bf16": base.bfloat16(),
+        "int": torch.arange(7),
+        "bool": base > 0,
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.5),
+    }
     torch.save(state, tmp_path / "views.pt")
     specs, _ = read_checkpoint(str(tmp_path / "views.pt"))
     for key, value in state.items():
@@ -185,7 +252,9 @@ def no_byte_reads(monkeypatch):
 
 
 def test_stride_zero_tensors_with_huge_shapes_are_refused_unread(tmp_path, no_byte_reads):
-    checkpoint = zip_checkpoint(tmp_path / "huge.ckpt", tensor_pickle((1 << 20, 1 << 20), (0, 0), numel=1), {"0": b"\0" * 4})
+    checkpoint = zip_checkpoint(
+        tmp_path / "huge.ckpt", tensor_pickle((1 << 20, 1 << 20), (0, 0), numel=1), {"0": b"\0" * 4}
+    )
     with pytest.raises(CheckpointError, match="more than the"):
         read_checkpoint(str(checkpoint))
 
@@ -196,16 +265,29 @@ def _state_with(modify):
     return state
 
 
-@pytest.mark.parametrize("modify, message", [
-    # 3,000 layers: refused from the names, nothing read or built
-    (lambda s: s.update({f"encoder.layers.encoder_layer_{i}.ln_1.weight": torch.zeros(64) for i in range(2, 3000)}),
-     "num_hidden_layers must be in"),
-    (lambda s: s.update({"encoder.layers.encoder_layer_99.ln_1.weight": torch.zeros(64)}), "missing encoder layer \\[2,"),
-    (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(8192, 2, 16, 8)}), "Shape mismatches|not fit"),
-    # a huge tensor posed by a zero-stride view of one element
-    (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(1).expand(8192, 2, 16, 8)}), "reuses storage elements"),
-    (lambda s: s.pop("encoder.layers.encoder_layer_0.mlp.0.weight"), "no 'gram.encoder.layer.0.mlp.fc1.weight'"),
-])
+@pytest.mark.parametrize(
+    "modify, message",
+    [
+        # 3,000 layers: refused from the names, nothing read or built
+        (
+            lambda s: s.update(
+                {f"encoder.layers.encoder_layer_{i}.ln_1.weight": torch.zeros(64) for i in range(2, 3000)}
+            ),
+            "num_hidden_layers must be in",
+        ),
+        (
+            lambda s: s.update({"encoder.layers.encoder_layer_99.ln_1.weight": torch.zeros(64)}),
+            "missing encoder layer \\[2,",
+        ),
+        (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(8192, 2, 16, 8)}), "Shape mismatches|not fit"),
+        # a huge tensor posed by a zero-stride view of one element
+        (
+            lambda s: s.update({"patch_embed.proj.weight": torch.zeros(1).expand(8192, 2, 16, 8)}),
+            "reuses storage elements",
+        ),
+        (lambda s: s.pop("encoder.layers.encoder_layer_0.mlp.0.weight"), "no 'gram.encoder.layer.0.mlp.fc1.weight'"),
+    ],
+)
 def test_architecture_is_validated_before_any_tensor_is_read(modify, message, tmp_path, capsys, no_byte_reads):
     torch.save({"state_dict": _state_with(modify)}, tmp_path / "ckpt.pt")
     code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "out")
@@ -215,7 +297,12 @@ def test_architecture_is_validated_before_any_tensor_is_read(modify, message, tm
 
 def test_heads_not_dividing_the_width_nan_weights_and_non_string_keys(tmp_path, capsys):
     torch.save({"state_dict": _state_with(lambda s: None)}, tmp_path / "ok.pt")
-    code, err = main(["--checkpoint", str(tmp_path / "ok.pt"), "--output-dir", str(tmp_path / "o"), "--num-attention-heads", "5"]), capsys.readouterr().err
+    code, err = (
+        main(
+            ["--checkpoint", str(tmp_path / "ok.pt"), "--output-dir", str(tmp_path / "o"), "--num-attention-heads", "5"]
+        ),
+        capsys.readouterr().err,
+    )
     assert code == 2 and "must be divisible by num_attention_heads (5)" in err
 
     def poison(s):
@@ -247,9 +334,9 @@ def test_upper_case_safetensors_and_zip_bombs(tmp_path, capsys):
         while (start := raw.find(signature, start)) >= 0:
             name_at = start + (30 if signature == b"PK\x03\x04" else 46)
             size_at = start + (22 if signature == b"PK\x03\x04" else 24)
-            name_len = struct.unpack("<H", raw[start + (26 if signature == b"PK\x03\x04" else 28):][:2])[0]
-            if raw[name_at:name_at + name_len] == b"archive/data/0":
-                raw[size_at:size_at + 4] = struct.pack("<I", 16)
+            name_len = struct.unpack("<H", raw[start + (26 if signature == b"PK\x03\x04" else 28) :][:2])[0]
+            if raw[name_at : name_at + name_len] == b"archive/data/0":
+                raw[size_at : size_at + 4] = struct.pack("<I", 16)
             start += 4
     bomb.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="is compressed"):
@@ -280,8 +367,11 @@ def test_output_directory_mistakes_never_cost_a_file(tmp_path, capsys, monkeypat
     torch.save({"state_dict": make_original("mono-time").state_dict()}, checkpoint)
     (work / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
-    for target, message in [(".", "working directory"), ("..", "working directory or one of its parents"),
-                            (str(work), "working directory")]:
+    for target, message in [
+        (".", "working directory"),
+        ("..", "working directory or one of its parents"),
+        (str(work), "working directory"),
+    ]:
         code, err = run_converter(capsys, checkpoint, target, "--overwrite")
         assert code == 2 and message in err
     monkeypatch.chdir(tmp_path)
@@ -344,7 +434,9 @@ def test_unwritable_parent_is_one_line_before_any_work(tmp_path, capsys, monkeyp
     torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
     (tmp_path / "locked").mkdir()
     real_access = os.access
-    monkeypatch.setattr(gram_io.os, "access", lambda path, mode: False if str(path).endswith("locked") else real_access(path, mode))
+    monkeypatch.setattr(
+        gram_io.os, "access", lambda path, mode: False if str(path).endswith("locked") else real_access(path, mode)
+    )
     monkeypatch.setattr(convert_checkpoint, "load_untrusted_checkpoint", lambda *a: pytest.fail("read before checking"))
     code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "locked" / "out")
     assert code == 2 and "no permission to write in" in err and "Traceback" not in err
@@ -353,19 +445,30 @@ def test_unwritable_parent_is_one_line_before_any_work(tmp_path, capsys, monkeyp
 # ----------------------------------------------------------------------------------------------------------
 # Found by the attack review: amplification, aliasing, type confusion, escapes, hostile output markers
 # ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("payload, message", [
-    # a DAG of shared 2-tuples, 26 levels deep (6 bytes per level), as a dict key: hashing visits 2^26 paths
-    (b"\x80\x02}" + b")q\x000" + b"h\x00h\x00\x86q\x000" * 26 + b"h\x00Ns.", "tuple of more than 10000 items"),
-    # one byte per new object (EMPTY_SET, POP): a 2 MB pickle would otherwise make ~400 MB of sets
-    (b"\x80\x02" + b"\x8f0" * 1_100_000 + b"N.", "more than 1000000 objects"),
-    # two memoised strings joined into a new global name per 5 bytes
-    (b"\x80\x02" + unicode("m" * 200) + b"q\x00" + unicode("n" * 200) + b"q\x01" + b"h\x00h\x01\x930" * 1_100_000 + b"N.",
-     "more than 1000000 objects"),
-    # ints beyond 64 bits (a pickle could otherwise fill a dict with keys whose hashes all collide)
-    (b"\x80\x02}" + b"\x8a\x09" + b"\x01" * 9 + b"Ns.", "integer too large"),
-    # DICT with an odd number of items would silently drop a key
-    (b"\x80\x02(" + unicode("a") + b"d.", "odd number of dictionary items"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        # a DAG of shared 2-tuples, 26 levels deep (6 bytes per level), as a dict key: hashing visits 2^26 paths
+        (b"\x80\x02}" + b")q\x000" + b"h\x00h\x00\x86q\x000" * 26 + b"h\x00Ns.", "tuple of more than 10000 items"),
+        # one byte per new object (EMPTY_SET, POP): a 2 MB pickle would otherwise make ~400 MB of sets
+        (b"\x80\x02" + b"\x8f0" * 1_100_000 + b"N.", "more than 1000000 objects"),
+        # two memoised strings joined into a new global name per 5 bytes
+        (
+            b"\x80\x02"
+            + unicode("m" * 200)
+            + b"q\x00"
+            + unicode("n" * 200)
+            + b"q\x01"
+            + b"h\x00h\x01\x930" * 1_100_000
+            + b"N.",
+            "more than 1000000 objects",
+        ),
+        # ints beyond 64 bits (a pickle could otherwise fill a dict with keys whose hashes all collide)
+        (b"\x80\x02}" + b"\x8a\x09" + b"\x01" * 9 + b"Ns.", "integer too large"),
+        # DICT with an odd number of items would silently drop a key
+        (b"\x80\x02(" + unicode("a") + b"d.", "odd number of dictionary items"),
+    ],
+)
 def test_bounded_interpretation(payload, message, tmp_path):
     import time
 
@@ -377,7 +480,14 @@ def test_bounded_interpretation(payload, message, tmp_path):
 
 def test_storage_aliasing_and_non_float_weights_are_refused(tmp_path, capsys):
     # one record declared twice with different sizes: the view would be checked against the larger one
-    two = b"\x80\x02}(" + unicode("a") + tensor_pickle((4,), (1,), numel=4)[10:-2] + unicode("b") + tensor_pickle((8,), (1,), numel=8)[10:-2] + b"u."
+    two = (
+        b"\x80\x02}("
+        + unicode("a")
+        + tensor_pickle((4,), (1,), numel=4)[10:-2]
+        + unicode("b")
+        + tensor_pickle((8,), (1,), numel=8)[10:-2]
+        + b"u."
+    )
     with pytest.raises(CheckpointError, match="declared twice"):
         read_checkpoint(str(zip_checkpoint(tmp_path / "two.ckpt", two, {"0": b"\0" * 32})))
     # int64 / bool storages posing as weights: refused, not cast to float
@@ -408,8 +518,14 @@ def test_a_hostile_output_marker_never_deletes_outside_files(marker, tmp_path, c
     listed = json.loads((output / ".gram-output.json").read_text())["files"]
     (output / ".gram-output.json").unlink()
     if marker == "traversal":
-        (output / ".gram-output.json").write_text(json.dumps(
-            {"tool": "x", "files": [*listed, "link", "../victim.txt", str(tmp_path / "victim.txt"), "link/victim.txt"]}))
+        (output / ".gram-output.json").write_text(
+            json.dumps(
+                {
+                    "tool": "x",
+                    "files": [*listed, "link", "../victim.txt", str(tmp_path / "victim.txt"), "link/victim.txt"],
+                }
+            )
+        )
     elif marker == "fifo":
         os.mkfifo(output / ".gram-output.json")
     else:

@@ -32,9 +32,17 @@ def make_original(variant, seed=0):
     channels, fshape, tshape, windows = VARIANT_SHAPES[variant]
     torch.manual_seed(seed)
     original = OriginalGram(
-        in_channels=channels, fshape=fshape, tshape=tshape, hidden=TINY["hidden_size"], layers=TINY["num_hidden_layers"],
-        heads=TINY["num_attention_heads"], mlp=TINY["intermediate_size"], decoder_dim=32, decoder_depth=2,
-        decoder_heads=8, window_sizes=windows,
+        in_channels=channels,
+        fshape=fshape,
+        tshape=tshape,
+        hidden=TINY["hidden_size"],
+        layers=TINY["num_hidden_layers"],
+        heads=TINY["num_attention_heads"],
+        mlp=TINY["intermediate_size"],
+        decoder_dim=32,
+        decoder_depth=2,
+        decoder_heads=8,
+        window_sizes=windows,
     ).eval()
     with torch.no_grad():
         for name, p in original.named_parameters():
@@ -75,7 +83,9 @@ def save_runtime_safetensors(original, path, with_decoder=True):
     """The huggingface_hub-mixin wrapper's layout: RuntimeGRAMT keys `model.*` plus `mel_spec.*` buffers."""
     state = {f"model.{k}": v.clone().contiguous() for k, v in original.state_dict().items()}
     if not with_decoder:
-        state = {k: v for k, v in state.items() if k.split(".")[1] in ("patch_embed", "cls_token", "encoder", "melspec")}
+        state = {
+            k: v for k, v in state.items() if k.split(".")[1] in ("patch_embed", "cls_token", "encoder", "melspec")
+        }
     for name, buffer in original.melspec.state_dict().items():
         state[f"mel_spec.melspec.{name}"] = buffer.clone().contiguous()
     save_file(state, str(path))
@@ -87,11 +97,13 @@ def audio_clips_for():
 
     def make(channels, seconds):
         t = torch.arange(int(seconds * 32000)) / 32000
-        return torch.stack([
-            0.3 * torch.sin(2 * torch.pi * (300 + 50 * c) * t) * torch.sin(2 * torch.pi * 0.7 * t).abs()
-            + 0.02 * torch.randn(t.shape, generator=generator)
-            for c in range(channels)
-        ])
+        return torch.stack(
+            [
+                0.3 * torch.sin(2 * torch.pi * (300 + 50 * c) * t) * torch.sin(2 * torch.pi * 0.7 * t).abs()
+                + 0.02 * torch.randn(t.shape, generator=generator)
+                for c in range(channels)
+            ]
+        )
 
     return make
 
@@ -109,11 +121,23 @@ def test_conversion_reproduces_the_original(variant, source, tmp_path, audio_cli
     assert main(["--checkpoint", str(checkpoint), "--output-dir", str(output), *HEADS]) == 0
 
     names = set(os.listdir(output))
-    assert names == {"config.json", "preprocessor_config.json", "model.safetensors", "README.md",
-                     "configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py", ".gram-output.json"}
+    assert names == {
+        "config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+        "README.md",
+        "configuration_gram.py",
+        "modeling_gram.py",
+        "feature_extraction_gram.py",
+        ".gram-output.json",
+    }
     config = json.load(open(output / "config.json"))
     channels, fshape, tshape, windows = VARIANT_SHAPES[variant]
-    assert (config["num_channels"], config["patch_size"], config["decoder_window_sizes"]) == (channels, [fshape, tshape], windows)
+    assert (config["num_channels"], config["patch_size"], config["decoder_window_sizes"]) == (
+        channels,
+        [fshape, tshape],
+        windows,
+    )
     assert variant.split("-")[0] in (output / "README.md").read_text()
 
     model = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
@@ -197,14 +221,27 @@ def _convert_modified(tmp_path, modify, extra_args=()):
     [
         (lambda s: s.clear() or s.update({"foo.weight": torch.zeros(2)}), (), "Unknown checkpoint layout"),
         (lambda s: s.pop("decoder_blocks.1.mlp.fc2.bias"), (), "missing \\['decoder.layers.1.mlp.fc2.bias'\\]"),
-        (lambda s: s.update({"decoder_blocks.0.extra.weight": torch.zeros(1)}), (), "Unexpected keys.*decoder_blocks.0.extra.weight"),
-        (lambda s: s.update({"encoder.pos_embedding": torch.zeros(1, 100, 64)}), (), "Shape mismatches.*position_embeddings"),
+        (
+            lambda s: s.update({"decoder_blocks.0.extra.weight": torch.zeros(1)}),
+            (),
+            "Unexpected keys.*decoder_blocks.0.extra.weight",
+        ),
+        (
+            lambda s: s.update({"encoder.pos_embedding": torch.zeros(1, 100, 64)}),
+            (),
+            "Shape mismatches.*position_embeddings",
+        ),
         (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(64, 3, 16, 8)}), (), "takes 3 channels"),
         (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(64, 2, 32, 4)}), (), "Unsupported patching"),
         (lambda s: None, ("--format", "ambisonics"), "--format ambisonics contradicts the weights, which are binaural"),
         (lambda s: s.update({"melspec.mel_scale.fb": torch.zeros(513, 128)}), (), "mel filterbank differs"),
-        (lambda s: s.update({"decoder_blocks.0.wmha.attn_heads.1.relative_position_index": torch.zeros(5, 5, dtype=torch.long)}),
-         (), "relative-position index"),
+        (
+            lambda s: s.update(
+                {"decoder_blocks.0.wmha.attn_heads.1.relative_position_index": torch.zeros(5, 5, dtype=torch.long)}
+            ),
+            (),
+            "relative-position index",
+        ),
     ],
 )
 def test_bad_checkpoints_stop_with_a_clear_message_and_leave_nothing(modify, extra_args, message, tmp_path, capsys):
@@ -250,7 +287,12 @@ def test_encoder_only_checkpoint(tmp_path, audio_clips_for, capsys):
     model = AutoModel.from_pretrained(tmp_path / "b", trust_remote_code=True).eval()
     features = original_features([audio_clips_for(2, 2.2)], 2)
     with torch.no_grad():
-        assert relative_error(model(features, strategy="cls").pooler_output, original_scene_embedding(original, features, "cls")) < 1e-4
+        assert (
+            relative_error(
+                model(features, strategy="cls").pooler_output, original_scene_embedding(original, features, "cls")
+            )
+            < 1e-4
+        )
 
 
 class FakeHubApi:
@@ -264,7 +306,9 @@ class FakeHubApi:
     def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None, ignore_patterns=None):
         import fnmatch
 
-        uploaded = [n for n in sorted(os.listdir(folder_path)) if not any(fnmatch.fnmatch(n, p) for p in ignore_patterns or [])]
+        uploaded = [
+            n for n in sorted(os.listdir(folder_path)) if not any(fnmatch.fnmatch(n, p) for p in ignore_patterns or [])
+        ]
         self.calls.append(("upload_folder", repo_id, uploaded, repo_type))
 
 
@@ -290,7 +334,9 @@ def test_push_to_hub_and_dry_run(tmp_path, monkeypatch, capsys):
     assert 'from_pretrained("me/gram-ambisonics-time"' in (tmp_path / "dry" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("name, content", [("garbage.ckpt", b"not a checkpoint at all"), ("bad.safetensors", b"\x00" * 16)])
+@pytest.mark.parametrize(
+    "name, content", [("garbage.ckpt", b"not a checkpoint at all"), ("bad.safetensors", b"\x00" * 16)]
+)
 def test_unreadable_files_are_clear_errors(name, content, tmp_path, capsys):
     (tmp_path / name).write_bytes(content)
     assert main(["--checkpoint", str(tmp_path / name), "--output-dir", str(tmp_path / "out")]) == 2

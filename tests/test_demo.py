@@ -23,8 +23,12 @@ def test_probes_fit_separable_data(tmp_path):
     train = np.arange(300) < 200
     logits = demo.train_probe(embeddings, kinds, train, "kind", str(tmp_path), epochs=60, learning_rate=5e-2)
     assert (logits[~train].argmax(axis=1) == kinds[~train]).mean() > 0.9
-    predicted = demo.train_probe(embeddings, directions, train, "direction", str(tmp_path), epochs=60, learning_rate=5e-2)
-    cosine = np.clip((predicted[~train] * directions[~train]).sum(axis=1) / np.linalg.norm(predicted[~train], axis=1), -1, 1)
+    predicted = demo.train_probe(
+        embeddings, directions, train, "direction", str(tmp_path), epochs=60, learning_rate=5e-2
+    )
+    cosine = np.clip(
+        (predicted[~train] * directions[~train]).sum(axis=1) / np.linalg.norm(predicted[~train], axis=1), -1, 1
+    )
     assert np.median(np.degrees(np.arccos(cosine))) < 15
     with pytest.raises(ValueError, match="task"):
         demo.LinearProbe(3, 2, "pitch", torch.zeros(3), torch.ones(3))
@@ -46,14 +50,32 @@ def test_rendered_scenes_carry_their_labels():
 
 
 def _run(args):
-    return subprocess.run([sys.executable, "-m", "gram_training.demo", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT})
+    return subprocess.run(
+        [sys.executable, "-m", "gram_training.demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT},
+    )
 
 
 def test_demo_command_end_to_end(tmp_path):
     output = tmp_path / "demo"
-    result = _run(["--output-dir", str(output), "--num-rooms", "4", "--scenes-per-room", "3", "--pretraining-steps", "4",
-                   "--probe-epochs", "5"])
+    result = _run(
+        [
+            "--output-dir",
+            str(output),
+            "--num-rooms",
+            "4",
+            "--scenes-per-room",
+            "3",
+            "--pretraining-steps",
+            "4",
+            "--probe-epochs",
+            "5",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(output)) == [".gram-output.json", "directions.png", "results.json", "tiny-gram"]
     assert (output / "tiny-gram" / "model.safetensors").is_file()
@@ -70,7 +92,19 @@ def test_demo_with_a_given_model_checks_its_format(tmp_path):
     model_dir = tmp_path / "model"
     GramModel(tiny_config("binaural-time")).save_pretrained(model_dir)
     output = tmp_path / "demo"
-    result = _run(["--output-dir", str(output), "--audio-format", "ambisonics", "--model", str(model_dir),
-                   "--num-rooms", "2", "--scenes-per-room", "1"])
+    result = _run(
+        [
+            "--output-dir",
+            str(output),
+            "--audio-format",
+            "ambisonics",
+            "--model",
+            str(model_dir),
+            "--num-rooms",
+            "2",
+            "--scenes-per-room",
+            "1",
+        ]
+    )
     assert result.returncode == 2 and "takes 2 feature channels" in result.stderr
     assert not output.exists() and [p for p in os.listdir(tmp_path) if p != "model"] == []

@@ -50,7 +50,10 @@ def direct_scene(model, path, strategy="raw"):
 def test_npy_output_equals_the_model_and_skips_are_reported(setup, capsys):
     base, model = setup
     out = base / "npy"
-    assert main([str(base / "audio"), "--model", str(base / "model"), "--output-dir", str(out), "--timestamps", "--quiet"]) == 0
+    assert (
+        main([str(base / "audio"), "--model", str(base / "model"), "--output-dir", str(out), "--timestamps", "--quiet"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Embedded 4 file(s)" in printed and "skipped 2" in printed
     assert "broken.wav: unreadable" in printed and "slow.wav: 16000 Hz, expected 32000 Hz" in printed
@@ -67,8 +70,20 @@ def test_safetensors_resample_and_strategy(setup, capsys):
 
     base, model = setup
     out = base / "st"
-    args = [str(base / "audio" / "slow.wav"), str(base / "audio" / "a.wav"), "--model", str(base / "model"),
-            "--output-dir", str(out), "--format", "safetensors", "--strategy", "mean", "--resample", "--quiet"]
+    args = [
+        str(base / "audio" / "slow.wav"),
+        str(base / "audio" / "a.wav"),
+        "--model",
+        str(base / "model"),
+        "--output-dir",
+        str(out),
+        "--format",
+        "safetensors",
+        "--strategy",
+        "mean",
+        "--resample",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert sorted(os.listdir(out)) == [".gram-output.json", "a.wav.safetensors", "slow.wav.safetensors"]
     scene = load_file(str(out / "a.wav.safetensors"))["scene"]
@@ -78,8 +93,17 @@ def test_safetensors_resample_and_strategy(setup, capsys):
 
 def test_nothing_readable_exits_1(setup, capsys):
     base, _ = setup
-    code = main([str(base / "audio" / "broken.wav"), str(base / "missing.wav"), "--model", str(base / "model"),
-                 "--output-dir", str(base / "none"), "--quiet"])
+    code = main(
+        [
+            str(base / "audio" / "broken.wav"),
+            str(base / "missing.wav"),
+            "--model",
+            str(base / "model"),
+            "--output-dir",
+            str(base / "none"),
+            "--quiet",
+        ]
+    )
     assert code == 1
     printed = capsys.readouterr().out
     assert "Embedded 0 file(s) (nothing written)" in printed and "missing.wav: no such file or folder" in printed
@@ -88,8 +112,16 @@ def test_nothing_readable_exits_1(setup, capsys):
 
 def test_parquet_needs_pyarrow_or_writes_a_table(setup, capsys):
     base, model = setup
-    args = [str(base / "audio" / "a.wav"), "--model", str(base / "model"), "--output-dir", str(base / "pq"),
-            "--format", "parquet", "--quiet"]
+    args = [
+        str(base / "audio" / "a.wav"),
+        "--model",
+        str(base / "model"),
+        "--output-dir",
+        str(base / "pq"),
+        "--format",
+        "parquet",
+        "--quiet",
+    ]
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -114,16 +146,27 @@ def test_same_names_in_two_inputs_are_refused_before_writing(setup, tmp_path, ca
         (tmp_path / folder / "data").mkdir(parents=True)
         sf.write(str(tmp_path / folder / "x.wav"), np.zeros((SR, 2), np.float32) + 0.1, SR)
         sf.write(str(tmp_path / folder / "data" / "y.wav"), np.zeros((SR, 2), np.float32) + 0.1, SR)
-    for inputs in ([tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"], [tmp_path / "a" / "data", tmp_path / "b" / "data"]):
+    for inputs in (
+        [tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"],
+        [tmp_path / "a" / "data", tmp_path / "b" / "data"],
+    ):
         assert _embed(base, *inputs, output=tmp_path / "out") == 2
         assert "would both be written as" in capsys.readouterr().err
         assert not (tmp_path / "out").exists()
     # Distinct names: two folders holding the same relative file each get their own output.
     (tmp_path / "b" / "data").rename(tmp_path / "b" / "data2")
-    assert _embed(base, tmp_path / "a" / "data", tmp_path / "b" / "data2", tmp_path / "a" / "x.wav", output=tmp_path / "out") == 0
+    assert (
+        _embed(
+            base, tmp_path / "a" / "data", tmp_path / "b" / "data2", tmp_path / "a" / "x.wav", output=tmp_path / "out"
+        )
+        == 0
+    )
     assert "Embedded 3 file(s)" in capsys.readouterr().out
     assert {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.npy")} == {
-        "data/y.wav.npy", "data2/y.wav.npy", "x.wav.npy"}
+        "data/y.wav.npy",
+        "data2/y.wav.npy",
+        "x.wav.npy",
+    }
 
 
 def test_named_pipes_are_skipped_not_waited_on(setup, tmp_path, capsys):

@@ -21,8 +21,17 @@ def test_log_mel_equals_torchaudio(num_channels, audio_channels, audio_clips):
     audio = audio_clips(audio_channels, 3.0113)
     ours = extract(audio, num_channels)["input_values"][0]
     mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=SR, n_fft=1024, win_length=1024, hop_length=320, f_min=50, f_max=16000, n_mels=128,
-        power=2.0, mel_scale="htk", center=True, pad_mode="reflect",
+        sample_rate=SR,
+        n_fft=1024,
+        win_length=1024,
+        hop_length=320,
+        f_min=50,
+        f_max=16000,
+        n_mels=128,
+        power=2.0,
+        mel_scale="htk",
+        center=True,
+        pad_mode="reflect",
     )(audio)
     expected = torch.log(mel + torch.finfo(torch.float32).eps).transpose(-1, -2)
     assert ours.shape == (num_channels, audio.shape[-1] // 320 + 1, 128)

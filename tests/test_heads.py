@@ -68,8 +68,9 @@ def test_frozen_encoder_trains_the_head_only():
 def test_angular_error_against_a_direct_computation():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
-    expected = np.degrees(np.arccos(np.clip(
-        (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1), -1, 1)))
+    expected = np.degrees(
+        np.arccos(np.clip((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1), -1, 1))
+    )
     np.testing.assert_allclose(angular_error_degrees(torch.tensor(a), torch.tensor(b)).numpy(), expected, atol=1e-4)
     assert angular_error_degrees(torch.tensor([1.0, 0, 0]), torch.tensor([0, 2.0, 0])).item() == pytest.approx(90.0)
 
@@ -109,7 +110,9 @@ def test_heads_load_through_auto_classes(tmp_path):
         assert torch.equal(loaded_locator(x).directions, locator(x).directions)
         assert torch.equal(encoder(x).pooler_output, locator.gram(x).pooler_output)
         # the encoder of a fine-tuned directory still loads on its own
-        assert torch.equal(GramModel.from_pretrained(tmp_path / "cls")(x).pooler_output, classifier.gram(x).pooler_output)
+        assert torch.equal(
+            GramModel.from_pretrained(tmp_path / "cls")(x).pooler_output, classifier.gram(x).pooler_output
+        )
 
 
 class ToyDataset(torch.utils.data.Dataset):
@@ -146,8 +149,16 @@ def test_heads_train_with_hf_trainer(task, tmp_path):
     model = (GramForAudioClassification if task == "classification" else GramForSoundLocalization)(config)
     data = ToyDataset(32, task)
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=20, learning_rate=3e-3,
-        logging_steps=4, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=20,
+        learning_rate=3e-3,
+        logging_steps=4,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
@@ -210,8 +221,13 @@ def test_save_pretrained_push_to_hub_uploads_complete_directories_for_every_clas
         model = cls(config).eval()
         model.save_pretrained(tmp_path / "local" / cls.__name__, push_to_hub=True, repo_id=f"me/{cls.__name__}")
         pushed = tmp_path / "hub" / "me" / cls.__name__
-        assert {"config.json", "model.safetensors", "configuration_gram.py", "modeling_gram.py",
-                "feature_extraction_gram.py"} <= set(os.listdir(pushed)), cls
+        assert {
+            "config.json",
+            "model.safetensors",
+            "configuration_gram.py",
+            "modeling_gram.py",
+            "feature_extraction_gram.py",
+        } <= set(os.listdir(pushed)), cls
         loaded = get_class_from_dynamic_module(f"modeling_gram.{cls.__name__}", str(pushed)).from_pretrained(pushed)
         for name, value in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[name], value), (cls, name)

@@ -36,13 +36,23 @@ CODE_FILES = ("configuration_gram.py", "modeling_gram.py", "feature_extraction_g
 def test_published_variants(variant, channels, patch, windows, grid):
     config = GramConfig.from_variant(variant)
     assert (config.num_channels, config.patch_size, config.decoder_window_sizes, config.grid_size) == (
-        channels, patch, windows, grid,
+        channels,
+        patch,
+        windows,
+        grid,
     )
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (
-        768, 12, 12, 3072,
+        768,
+        12,
+        12,
+        3072,
     )
     assert (config.layer_norm_eps, config.qkv_bias, config.chunk_frames, config.num_mel_bins) == (1e-6, True, 200, 128)
-    assert (config.decoder_hidden_size, config.decoder_num_hidden_layers, config.decoder_num_attention_heads) == (512, 8, 8)
+    assert (config.decoder_hidden_size, config.decoder_num_hidden_layers, config.decoder_num_attention_heads) == (
+        512,
+        8,
+        8,
+    )
     assert (config.mask_ratio, config.sampling_rate, config.pooling_strategy) == (0.8, 32000, "raw")
     assert config.audio_format + "-" + config.patching == variant
     assert set(GRAM_VARIANTS) == set(VARIANTS)
@@ -174,7 +184,9 @@ def test_save_and_reload_every_variant(variant, tmp_path):
         x = torch.randn(1, model.config.num_channels, 333, 128)
         with torch.no_grad():
             for strategy in ("raw", "mean", "cls"):
-                assert torch.equal(loaded(x, strategy=strategy).pooler_output, model(x, strategy=strategy).pooler_output)
+                assert torch.equal(
+                    loaded(x, strategy=strategy).pooler_output, model(x, strategy=strategy).pooler_output
+                )
         assert loaded.config.to_dict()["patch_size"] == list(model.config.patch_size)
 
 
@@ -220,7 +232,11 @@ def test_saved_directory_loads_offline_in_a_clean_process(tmp_path):
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
         [sys.executable, "-c", CLEAN_PROCESS, str(saved), str(tmp_path / "audio.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -101,7 +101,9 @@ def test_clip_embeds_the_same_alone_or_in_a_padded_batch(variant, strategy, audi
     channels = AUDIO_CHANNELS[variant.split("-")[0]]
     clips = [audio_clips(channels, 1.3), audio_clips(channels, 5.1), audio_clips(channels, 2.0)]
     batch = extractor(clips, sampling_rate=32000, return_tensors="pt")
-    batch["input_values"].masked_fill_((batch["attention_mask"] == 0)[:, None, :, None], 7.0)  # padding must not matter, whatever its value
+    batch["input_values"].masked_fill_(
+        (batch["attention_mask"] == 0)[:, None, :, None], 7.0
+    )  # padding must not matter, whatever its value
     with torch.no_grad():
         together = model(batch["input_values"], batch["attention_mask"], strategy=strategy)
         for i, clip in enumerate(clips):
@@ -211,10 +213,20 @@ def test_position_table_is_the_original_sincos():
         (lambda: torch.randn(1, 2, 100, 64), {}, ValueError, "binaural"),
         (lambda: torch.zeros(1, 2, 100, 128, dtype=torch.long), {}, TypeError, "floating point"),
         (lambda: torch.randn(1, 2, 100, 128), {"strategy": "max"}, ValueError, "strategy must be one of"),
-        (lambda: torch.randn(1, 2, 100, 128), {"attention_mask": torch.ones(1, 99)}, ValueError, "attention_mask of shape"),
+        (
+            lambda: torch.randn(1, 2, 100, 128),
+            {"attention_mask": torch.ones(1, 99)},
+            ValueError,
+            "attention_mask of shape",
+        ),
         (lambda: torch.randn(1, 2, 4, 128), {"attention_mask": torch.tensor([[1, 0, 1, 0]])}, ValueError, "prefix"),
         (lambda: torch.randn(1, 2, 4, 128), {"attention_mask": torch.zeros(1, 4)}, ValueError, "all-zero row"),
-        (lambda: torch.randn(1, 2, 4, 128), {"pixel_values": 1}, TypeError, "unexpected keyword argument .pixel_values."),
+        (
+            lambda: torch.randn(1, 2, 4, 128),
+            {"pixel_values": 1},
+            TypeError,
+            "unexpected keyword argument .pixel_values.",
+        ),
         (lambda: torch.randn(1, 2, 4, 128).numpy(), {}, TypeError, "torch.Tensor"),
     ],
 )

@@ -50,7 +50,12 @@ def test_export_command_and_errors(tmp_path, capsys):
     GramModel(tiny_config("mono-time")).save_pretrained(tmp_path / "model")
     assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")]) == 0
     assert "relative error" in capsys.readouterr().out  # the parity it checked is printed
-    assert sorted(os.listdir(tmp_path / "out")) == [".gram-output.json", "config.json", "configuration_gram.py", ONNX_FILE]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        ".gram-output.json",
+        "config.json",
+        "configuration_gram.py",
+        ONNX_FILE,
+    ]
     assert main(["--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     (tmp_path / "out" / "notes.txt").write_text("mine")

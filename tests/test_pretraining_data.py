@@ -25,8 +25,9 @@ def _write_tagged_sources(folder, count, seconds=0.5, rate=32000):
     """Files whose constant value tags them: file i holds (i + 1) / 100 everywhere."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        soundfile.write(folder / f"clip{i:02d}.wav", np.full(int(seconds * rate), (i + 1) / 100, np.float32), rate,
-                        subtype="FLOAT")
+        soundfile.write(
+            folder / f"clip{i:02d}.wav", np.full(int(seconds * rate), (i + 1) / 100, np.float32), rate, subtype="FLOAT"
+        )
     return folder
 
 
@@ -55,17 +56,20 @@ def test_read_audio_formats_and_resampling(tmp_path):
     assert np.array_equal(read_audio(tmp_path / "b.npy", 32000), np.stack([tone, -tone]))
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("broken.wav", b"RIFF....WAVEfmt garbage", "unreadable"),
-    ("object.npy", None, "unreadable"),
-    ("nan.npy", np.array([0.0, np.nan], np.float32), "NaN"),
-    ("ints.npy", np.array([1, 2, 3], np.int64), "floating-point"),
-    ("cube.npy", np.zeros((2, 2, 2), np.float32), "shape"),
-    # finite in float64/longdouble, Inf once cast to float32: checked after the cast
-    ("big64.npy", np.array([0.0, 1e39, 0.0]), "NaN or Inf \\(in float32\\)"),
-    ("longdouble.npy", np.array([0.0, 1e39], np.longdouble), "NaN or Inf \\(in float32\\)"),
-    ("loud.npy", np.array([0.0, 1e30], np.float32), "not audio"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("broken.wav", b"RIFF....WAVEfmt garbage", "unreadable"),
+        ("object.npy", None, "unreadable"),
+        ("nan.npy", np.array([0.0, np.nan], np.float32), "NaN"),
+        ("ints.npy", np.array([1, 2, 3], np.int64), "floating-point"),
+        ("cube.npy", np.zeros((2, 2, 2), np.float32), "shape"),
+        # finite in float64/longdouble, Inf once cast to float32: checked after the cast
+        ("big64.npy", np.array([0.0, 1e39, 0.0]), "NaN or Inf \\(in float32\\)"),
+        ("longdouble.npy", np.array([0.0, 1e39], np.longdouble), "NaN or Inf \\(in float32\\)"),
+        ("loud.npy", np.array([0.0, 1e30], np.float32), "not audio"),
+    ],
+)
 def test_bad_files_raise_bad_audio_error(tmp_path, name, content, message):
     path = tmp_path / name
     if name == "object.npy":
@@ -118,8 +122,12 @@ def test_workers_and_processes_read_disjoint_shards_covering_all_files(tmp_path,
     for rank in range(2):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        loader = DataLoader(SceneDataset(sources, rirs, channels=2, clip_seconds=0.25), batch_size=1,
-                            num_workers=2, collate_fn=collate_scenes)
+        loader = DataLoader(
+            SceneDataset(sources, rirs, channels=2, clip_seconds=0.25),
+            batch_size=1,
+            num_workers=2,
+            collate_fn=collate_scenes,
+        )
         # Workers alternate batches: the first 6 are 3 from each worker's shard of 3 files.
         tags = [_tag({"source": batch["source"][0]}) for _, batch in zip(range(6), loader)]
         assert len(set(tags)) == 6
@@ -158,8 +166,14 @@ def test_noise_impulse_response_sets_are_summed_sources(tmp_path):
     sets = tmp_path / "noise_rirs"
     sets.mkdir()
     np.save(sets / "room.npy", np.ones((5, 2, 32), np.float32))  # five noise positions of one room
-    dataset = SceneDataset(sources, rirs, channels=2, noise_folder=_write_tagged_sources(tmp_path / "noise", 1),
-                           noise_rir_folder=sets, clip_seconds=0.25)
+    dataset = SceneDataset(
+        sources,
+        rirs,
+        channels=2,
+        noise_folder=_write_tagged_sources(tmp_path / "noise", 1),
+        noise_rir_folder=sets,
+        clip_seconds=0.25,
+    )
     example = next(iter(dataset))
     assert example["noise_rir"].shape == (5, 2, 32)
     mixed = collate_scenes([example, {**example, "noise_rir": example["noise_rir"][:2, :, :16]}])
@@ -199,13 +213,16 @@ def test_hub_streaming_source_shards_and_skips(tmp_path, monkeypatch, caplog):
     assert skipped.counts["audio"] >= 1 and "undecodable" in caplog.text
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"array": [0.1] * 40000, "sampling_rate": 0}, "invalid sampling rate 0"),
-    ({"array": [0.1] * 40000, "sampling_rate": None}, "invalid sampling rate None"),
-    ({"array": [[0.1] * 40000, [0.1] * 39000], "sampling_rate": 32000}, "unusable record"),  # ragged
-    ({"array": [1e39] * 40000, "sampling_rate": 32000}, "NaN or Inf"),
-    ({"path": "/etc/passwd", "bytes": None}, "holds only a local path"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"array": [0.1] * 40000, "sampling_rate": 0}, "invalid sampling rate 0"),
+        ({"array": [0.1] * 40000, "sampling_rate": None}, "invalid sampling rate None"),
+        ({"array": [[0.1] * 40000, [0.1] * 39000], "sampling_rate": 32000}, "unusable record"),  # ragged
+        ({"array": [1e39] * 40000, "sampling_rate": 32000}, "NaN or Inf"),
+        ({"path": "/etc/passwd", "bytes": None}, "holds only a local path"),
+    ],
+)
 def test_bad_dataset_records_are_bad_audio_not_crashes(record, message):
     with pytest.raises(BadAudioError, match=message):
         data.decode_record(record, 32000, "ds[0]")

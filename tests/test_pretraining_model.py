@@ -14,10 +14,16 @@ from modeling_gram import GramForPreTraining, GramModel
 def pretraining_pair(config, seed=0):
     torch.manual_seed(seed)
     original = OriginalGram(
-        in_channels=config.num_channels, fshape=config.patch_size[0], tshape=config.patch_size[1],
-        hidden=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
-        mlp=config.intermediate_size, decoder_dim=config.decoder_hidden_size,
-        decoder_depth=config.decoder_num_hidden_layers, decoder_heads=config.decoder_num_attention_heads,
+        in_channels=config.num_channels,
+        fshape=config.patch_size[0],
+        tshape=config.patch_size[1],
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
+        mlp=config.intermediate_size,
+        decoder_dim=config.decoder_hidden_size,
+        decoder_depth=config.decoder_num_hidden_layers,
+        decoder_heads=config.decoder_num_attention_heads,
         window_sizes=config.decoder_window_sizes,
     ).eval()
     with torch.no_grad():  # relative-position biases large enough that a wrong mapping shows
@@ -36,7 +42,9 @@ def test_reconstruction_and_loss_match_the_original(variant, attn_implementation
     config._attn_implementation = attn_implementation
     model, original = pretraining_pair(config)
     x = torch.randn(3, config.num_channels, 200, 128) * 3 + 1
-    mask = model.random_masking(3, x.device, noise=torch.rand(3, config.num_patches, generator=torch.Generator().manual_seed(1)))
+    mask = model.random_masking(
+        3, x.device, noise=torch.rand(3, config.num_patches, generator=torch.Generator().manual_seed(1))
+    )
     with torch.no_grad():
         ours = model(x, bool_masked_pos=mask)
         pred, patches, loss = original(x, mask)
@@ -63,7 +71,9 @@ def test_random_masking_masks_the_configured_share():
     assert mask.dtype == torch.bool and mask.shape == (5, 200)
     assert mask.sum(dim=1).tolist() == [160] * 5  # mask ratio 0.8
     noise = torch.rand(2, 200)
-    torch.testing.assert_close(model.random_masking(2, noise.device, noise), model.random_masking(2, noise.device, noise))
+    torch.testing.assert_close(
+        model.random_masking(2, noise.device, noise), model.random_masking(2, noise.device, noise)
+    )
     expected = noise < noise.sort(dim=1).values[:, 160:161]
     assert torch.equal(model.random_masking(2, noise.device, noise), expected)
     out = model(torch.randn(2, 2, 200, 128), noise=noise)
@@ -113,7 +123,9 @@ def test_save_and_load_through_auto_classes(tmp_path):
     loaded = AutoModelForPreTraining.from_pretrained(tmp_path, trust_remote_code=True).eval()
     assert type(loaded).__name__ == "GramForPreTraining"
     with torch.no_grad():
-        assert torch.equal(loaded(x, bool_masked_pos=mask).reconstruction, model(x, bool_masked_pos=mask).reconstruction)
+        assert torch.equal(
+            loaded(x, bool_masked_pos=mask).reconstruction, model(x, bool_masked_pos=mask).reconstruction
+        )
         encoder = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
         direct = GramModel.from_pretrained(tmp_path).eval()
         for candidate in (encoder, direct):

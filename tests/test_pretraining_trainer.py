@@ -21,20 +21,52 @@ from gram_training.train import main
 
 @pytest.fixture(scope="module")
 def offline_data(tmp_path_factory):
-    return simulate.write_pretraining_data(tmp_path_factory.mktemp("offline") / "binaural", "binaural", num_rirs=3,
-                                           with_speech=False)
+    return simulate.write_pretraining_data(
+        tmp_path_factory.mktemp("offline") / "binaural", "binaural", num_rirs=3, with_speech=False
+    )
 
 
 def _data_args(data):
-    return ["--audio_dir", str(data / "sources"), "--rir_dir", str(data / "rirs"), "--noise_dir", str(data / "noise"),
-            "--noise_rir_dir", str(data / "noise_rirs")]
+    return [
+        "--audio_dir",
+        str(data / "sources"),
+        "--rir_dir",
+        str(data / "rirs"),
+        "--noise_dir",
+        str(data / "noise"),
+        "--noise_rir_dir",
+        str(data / "noise_rirs"),
+    ]
 
 
 def _small_run(output_dir, steps, extra=()):
-    return ["--output_dir", str(output_dir), "--model_size", "tiny", "--max_steps", str(steps),
-            "--per_device_train_batch_size", "2", "--crops_per_clip", "4", "--clip_seconds", "4",
-            "--learning_rate", "1e-3", "--warmup_steps", "2", "--logging_steps", "1", "--seed", "0",
-            "--save_strategy", "steps", "--save_steps", str(max(steps // 2, 1)), *extra]
+    return [
+        "--output_dir",
+        str(output_dir),
+        "--model_size",
+        "tiny",
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        "2",
+        "--crops_per_clip",
+        "4",
+        "--clip_seconds",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--seed",
+        "0",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(max(steps // 2, 1)),
+        *extra,
+    ]
 
 
 def _env():
@@ -46,10 +78,14 @@ def test_readme_quick_start_pretrains_from_the_command_line_and_the_loss_falls(t
     with open(os.path.join(ROOT, "README.md")) as f:
         block = re.search(r"```bash\n(python -m gram_training.simulate.*?)```", f.read(), flags=re.DOTALL).group(1)
     commands = [shlex.split(line) for line in block.strip().splitlines()]
-    assert [c[:3] for c in commands] == [["python", "-m", "gram_training.simulate"], ["python", "-m", "gram_training.train"]]
+    assert [c[:3] for c in commands] == [
+        ["python", "-m", "gram_training.simulate"],
+        ["python", "-m", "gram_training.train"],
+    ]
     for argv in commands:
-        result = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run(
+            [sys.executable, *argv[1:]], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr[-3000:]
 
     output = tmp_path / "runs" / "tiny"
@@ -92,9 +128,21 @@ def _free_port():
 
 def test_torchrun_two_processes_on_cpu(offline_data, tmp_path):
     output = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "gram_training.train", *_data_args(offline_data), *_small_run(output, 3),
-               "--ddp_backend", "gloo"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "gram_training.train",
+        *_data_args(offline_data),
+        *_small_run(output, 3),
+        "--ddp_backend",
+        "gloo",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Reading source shard 0 of 2." in result.stderr and "Reading source shard 1 of 2." in result.stderr
@@ -127,12 +175,15 @@ def test_converted_original_checkpoint_goes_on_pretraining(offline_data, tmp_pat
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--hf_dataset", "parquet"], "exactly one audio source"),
-    (["--model_size", "huge"], "model_size must be one of"),
-    (["--variant", "surround-time"], "variant"),
-    (["--snr_db_min", "30", "--snr_db_max", "10"], "snr_db_min"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--hf_dataset", "parquet"], "exactly one audio source"),
+        (["--model_size", "huge"], "model_size must be one of"),
+        (["--variant", "surround-time"], "variant"),
+        (["--snr_db_min", "30", "--snr_db_max", "10"], "snr_db_min"),
+    ],
+)
 def test_bad_command_lines_stop_with_clear_errors(offline_data, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         main([*_data_args(offline_data), *_small_run(tmp_path / "bad", 1), *extra])
@@ -168,8 +219,14 @@ def test_push_to_hub_uploads_a_complete_model_directory(offline_data, tmp_path, 
     assert hub.calls[0] == ("create_repo", "me/gram-tiny")
     final = hub.calls[-1]
     assert final[:2] == ("upload_folder", "me/gram-tiny")
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_gram.py",
-            "configuration_gram.py", "feature_extraction_gram.py"} <= set(final[2])
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "modeling_gram.py",
+        "configuration_gram.py",
+        "feature_extraction_gram.py",
+    } <= set(final[2])
 
 
 def test_streamed_datasets_source_from_the_command_line(offline_data, tmp_path):
@@ -183,8 +240,17 @@ def test_streamed_datasets_source_from_the_command_line(offline_data, tmp_path):
         files.append(str(tmp_path / f"part{part}.parquet"))
         table.to_parquet(files[-1])
     assert soundfile.info(offline_data / "sources" / "coin1.wav").samplerate == 32000
-    trainer = main(["--hf_dataset", "parquet", "--hf_data_files", *files, "--rir_dir", str(offline_data / "rirs"),
-                    *_small_run(tmp_path / "streamed", 2)])
+    trainer = main(
+        [
+            "--hf_dataset",
+            "parquet",
+            "--hf_data_files",
+            *files,
+            "--rir_dir",
+            str(offline_data / "rirs"),
+            *_small_run(tmp_path / "streamed", 2),
+        ]
+    )
     assert trainer.state.global_step == 2 and (tmp_path / "streamed" / "model.safetensors").is_file()
 
 
@@ -194,8 +260,14 @@ def test_bf16_mixed_precision_run(offline_data, tmp_path):
     from gram_training.data import SceneDataset, collate_scenes
     from gram_training.scenes import SceneBuilder, SceneConfig
 
-    dataset = SceneDataset(offline_data / "sources", offline_data / "rirs", 2, offline_data / "noise",
-                           offline_data / "noise_rirs", clip_seconds=3.0)
+    dataset = SceneDataset(
+        offline_data / "sources",
+        offline_data / "rirs",
+        2,
+        offline_data / "noise",
+        offline_data / "noise_rirs",
+        clip_seconds=3.0,
+    )
     batch = collate_scenes([example for _, example in zip(range(2), dataset)])
     builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(clip_seconds=3.0, crops_per_clip=2))
     plain = builder(batch, torch.Generator().manual_seed(0))
@@ -203,7 +275,9 @@ def test_bf16_mixed_precision_run(offline_data, tmp_path):
         mixed = builder(batch, torch.Generator().manual_seed(0))
     assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
 
-    trainer = main([*_data_args(offline_data), *_small_run(tmp_path / "bf16", 2), "--bf16", "true", "--use_cpu", "true"])
+    trainer = main(
+        [*_data_args(offline_data), *_small_run(tmp_path / "bf16", 2), "--bf16", "true", "--use_cpu", "true"]
+    )
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
 
@@ -228,8 +302,16 @@ def test_a_poisoned_source_is_skipped_and_the_run_stays_finite(offline_data, tmp
         shutil.copy(good, sources)
     np = pytest.importorskip("numpy")
     np.save(sources / "poison.npy", np.concatenate([np.zeros(32000), [1e39]]))
-    args = ["--audio_dir", str(sources), "--rir_dir", str(offline_data / "rirs"), "--noise_dir",
-            str(offline_data / "noise"), "--noise_rir_dir", str(offline_data / "noise_rirs")]
+    args = [
+        "--audio_dir",
+        str(sources),
+        "--rir_dir",
+        str(offline_data / "rirs"),
+        "--noise_dir",
+        str(offline_data / "noise"),
+        "--noise_rir_dir",
+        str(offline_data / "noise_rirs"),
+    ]
     with caplog.at_level("WARNING", logger="gram_training.data"):
         main([*args, *_small_run(tmp_path / "run", 4, ["--save_strategy", "no"])])
     assert "poison.npy: contains NaN or Inf (in float32)" in caplog.text
@@ -240,8 +322,14 @@ def test_a_diverging_run_stops_with_the_step_and_saves_nothing(offline_data, tmp
     output = tmp_path / "run"
     argv = [*_data_args(offline_data), *_small_run(output, 6, ["--save_strategy", "no", "--max_grad_norm", "0"])]
     argv[argv.index("--learning_rate") + 1] = "1e30"  # the weights blow up after the first update
-    result = subprocess.run([sys.executable, "-m", "gram_training.train", *argv], cwd=tmp_path, env=_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "gram_training.train", *argv],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert re.search(r"error: Non-finite (loss|gradients).* at step \d", result.stderr)
     assert "Traceback" not in result.stderr

@@ -73,12 +73,27 @@ def test_readme_conversion_commands_run(tmp_path, monkeypatch):
 
     def original(channels, fshape, tshape, windows):
         torch.manual_seed(0)
-        return OriginalGram(in_channels=channels, fshape=fshape, tshape=tshape, hidden=96, layers=1, heads=12, mlp=96,
-                            decoder_dim=32, decoder_depth=1, decoder_heads=8, window_sizes=windows)
+        return OriginalGram(
+            in_channels=channels,
+            fshape=fshape,
+            tshape=tshape,
+            hidden=96,
+            layers=1,
+            heads=12,
+            mlp=96,
+            decoder_dim=32,
+            decoder_depth=1,
+            decoder_heads=8,
+            window_sizes=windows,
+        )
 
-    torch.save({"state_dict": original(2, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]).state_dict()}, tmp_path / "step=500000.ckpt")
+    torch.save(
+        {"state_dict": original(2, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]).state_dict()}, tmp_path / "step=500000.ckpt"
+    )
     runtime = original(7, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0])
-    save_file({f"model.{k}": v.contiguous() for k, v in runtime.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {f"model.{k}": v.contiguous() for k, v in runtime.state_dict().items()}, str(tmp_path / "model.safetensors")
+    )
     FakeHubApi.calls = []
     monkeypatch.setattr(convert_checkpoint, "HfApi", FakeHubApi)
     monkeypatch.chdir(tmp_path)
@@ -112,4 +127,6 @@ def test_readme_embedding_command_runs(tmp_path, monkeypatch, local_default_mode
     sf.write("recordings/day1/a.flac", noise, 32000)
     sf.write("extra.wav", noise[:20000], 32000)
     assert embed_audio.main(argv[2:] + ["--quiet"]) == 0
-    assert os.path.isfile("embeddings/recordings/day1/a.flac.npy") and os.path.isfile("embeddings/extra.wav.timestamps.npy")
+    assert os.path.isfile("embeddings/recordings/day1/a.flac.npy") and os.path.isfile(
+        "embeddings/extra.wav.timestamps.npy"
+    )

@@ -19,8 +19,15 @@ def _direct_path(rir):
 
 @pytest.mark.parametrize("azimuth,elevation", [(0, 0), (90, 0), (-135, 20), (45, 50)])
 def test_foa_direct_sound_points_at_the_source(azimuth, elevation):
-    spec = RoomSpec(dimensions=(12.0, 10.0, 8.0), absorption=0.9, listener=(6.0, 5.0, 4.0), azimuth=azimuth,
-                    elevation=elevation, distance=1.6, max_order=0)
+    spec = RoomSpec(
+        dimensions=(12.0, 10.0, 8.0),
+        absorption=0.9,
+        listener=(6.0, 5.0, 4.0),
+        azimuth=azimuth,
+        elevation=elevation,
+        distance=1.6,
+        max_order=0,
+    )
     rir = foa_rir(spec)
     direct = _direct_path(rir)
     # Plane-wave SN3D encoding: (X, Y, Z) = W * (x, y, z) of the direction (least squares over the direct path).
@@ -35,10 +42,17 @@ def test_binaural_interaural_cues_follow_the_source():
     assert hrirs.hrirs.shape[:2] == (710, 2) and hrirs.sampling_rate == 32000
     energies = {}
     for azimuth in (90, -90, 0):
-        spec = RoomSpec(dimensions=(12.0, 10.0, 8.0), absorption=0.5, listener=(6.0, 5.0, 1.5), azimuth=azimuth,
-                        elevation=0, distance=1.5, max_order=3)
+        spec = RoomSpec(
+            dimensions=(12.0, 10.0, 8.0),
+            absorption=0.5,
+            listener=(6.0, 5.0, 1.5),
+            azimuth=azimuth,
+            elevation=0,
+            distance=1.5,
+            max_order=3,
+        )
         direct = _direct_path(binaural_rir(spec, hrirs=hrirs))
-        energies[azimuth] = (direct ** 2).sum(axis=1)
+        energies[azimuth] = (direct**2).sum(axis=1)
     assert energies[90][0] > 4 * energies[90][1]  # left source: louder at the left ear
     assert energies[-90][1] > 4 * energies[-90][0]
     assert energies[0][0] == pytest.approx(energies[0][1], rel=0.1)

@@ -28,7 +28,9 @@ def test_fft_convolution_matches_scipy():
     result = fft_convolve(batch["source"], batch["rir"])
     for b in range(3):
         for c in range(2):
-            expected = scipy.signal.fftconvolve(batch["source"][b].double().numpy(), batch["rir"][b, c].double().numpy())
+            expected = scipy.signal.fftconvolve(
+                batch["source"][b].double().numpy(), batch["rir"][b, c].double().numpy()
+            )
             assert relative_error(result[b, c], torch.from_numpy(expected[: result.shape[-1]])) < 1e-5
 
 
@@ -53,8 +55,13 @@ def test_mix_follows_the_original_recipe():
     noise = batch["noise"].clone()
     noise[1, :20000] = 0
     noise[1, 50000:] = 0
-    scene = builder.mix(batch["source"], batch["rir"], noise, batch["noise_rir"], snr_db=snr, clean=clean,
-                        noise_active=active).double().numpy()
+    scene = (
+        builder.mix(
+            batch["source"], batch["rir"], noise, batch["noise_rir"], snr_db=snr, clean=clean, noise_active=active
+        )
+        .double()
+        .numpy()
+    )
 
     for b in range(3):
         dry = batch["source"][b].double().numpy()
@@ -63,8 +70,9 @@ def test_mix_follows_the_original_recipe():
         playing = noise[b].double().numpy()
         playing = playing * 10 ** (-14 / 20) / np.sqrt(np.mean(playing[start : start + length] ** 2))
         source = np.stack([scipy.signal.fftconvolve(dry, batch["rir"][b, c].double())[:80000] for c in range(2)])
-        noise_image = np.stack([scipy.signal.fftconvolve(playing, batch["noise_rir"][b, c].double())[:80000]
-                                for c in range(2)])
+        noise_image = np.stack(
+            [scipy.signal.fftconvolve(playing, batch["noise_rir"][b, c].double())[:80000] for c in range(2)]
+        )
         residual = scene[b] - source
         if clean[b]:
             assert np.abs(residual).max() < 1e-5 * np.abs(source).max()
@@ -93,8 +101,9 @@ def test_batched_features_match_torchaudio_per_clip(num_channels, audio_channels
     extractor = GramFeatureExtractor(num_channels=num_channels)
     audio = torch.randn(3, audio_channels, 24000, generator=torch.Generator().manual_seed(1))
     batched = extractor.extract(audio)
-    mel = torchaudio.transforms.MelSpectrogram(32000, n_fft=1024, win_length=1024, hop_length=320, f_min=50.0,
-                                               n_mels=128, power=2.0)
+    mel = torchaudio.transforms.MelSpectrogram(
+        32000, n_fft=1024, win_length=1024, hop_length=320, f_min=50.0, n_mels=128, power=2.0
+    )
     for b in range(3):
         log_mel = torch.log(mel(audio[b]) + extractor.effective_log_offset).transpose(-1, -2)
         assert relative_error(batched[b, :audio_channels], log_mel) < 1e-5
@@ -138,10 +147,14 @@ def test_random_snr_spans_the_configured_range():
     batch = _scene_batch(batch=200, seconds=0.05, taps=1)
     batch["rir"] = torch.ones(200, 2, 1)
     batch["noise_rir"] = torch.ones(200, 2, 1)
-    builder = SceneBuilder(GramFeatureExtractor(num_channels=2), SceneConfig(snr_db_min=5.0, snr_db_max=40.0,
-                                                                             clean_ratio=0.25))
-    scene = builder.mix(batch["source"], batch["rir"], batch["noise"], batch["noise_rir"],
-                        torch.Generator().manual_seed(0)).double().numpy()
+    builder = SceneBuilder(
+        GramFeatureExtractor(num_channels=2), SceneConfig(snr_db_min=5.0, snr_db_max=40.0, clean_ratio=0.25)
+    )
+    scene = (
+        builder.mix(batch["source"], batch["rir"], batch["noise"], batch["noise_rir"], torch.Generator().manual_seed(0))
+        .double()
+        .numpy()
+    )
     source = np.stack([batch["source"].double().numpy()] * 2, axis=1)
     source *= 10 ** (-14 / 20) / np.sqrt(np.mean(source**2, axis=(1, 2), keepdims=True))
     residual_power = np.mean((scene - source) ** 2, axis=(1, 2))

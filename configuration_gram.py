@@ -13,6 +13,8 @@ logger = logging.get_logger(__name__)
 # The published variants: audio format x patching. Feature channels: mono 1, binaural 2 (left, right
 # log-mels), ambisonics 7 (W, X, Y, Z log-mels + 3 intensity-vector channels).
 GRAM_FORMATS = {"mono": 1, "binaural": 2, "ambisonics": 7}
+# Audio channels each format records (FOA: W, X, Y, Z). The one table of the package, with GRAM_FORMATS.
+AUDIO_CHANNELS = {"mono": 1, "binaural": 2, "ambisonics": 4}
 GRAM_PATCHINGS = {
     # (freq, time) patch size, MW-MAE decoder window size per head (0 = global attention)
     "frame": ((16, 8), [2, 5, 10, 25, 50, 100, 0, 0]),
@@ -291,6 +293,11 @@ class GramConfig(PretrainedConfig):
     def step_duration_ms(self) -> float:
         """Duration of one "raw" embedding step in milliseconds (20 ms time patching, 80 ms frame)."""
         return 1000.0 * self.patch_stride[1] * self.hop_length / self.sampling_rate
+
+    @property
+    def audio_channels(self) -> int:
+        """Channels of the audio this model takes: 1 (mono), 2 (binaural) or 4 (FOA W, X, Y, Z)."""
+        return AUDIO_CHANNELS[self.audio_format]
 
     @property
     def audio_format(self) -> str:

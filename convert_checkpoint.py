@@ -234,24 +234,30 @@ def infer_config(
 
 
 def _load_checked(key: str, spec: TensorSpec, shape: tuple[int, ...]) -> torch.Tensor:
-    """Reads one tensor whose shape was validated; refuses non-float and non-finite values."""
+    """Reads one tensor whose shape was validated, as float32; refuses non-float values and values that are not
+    finite in float32 (a float64 1e300 is finite until the cast)."""
     if tuple(spec.shape) != tuple(shape):
         raise ConversionError(f"{key}: checkpoint {tuple(spec.shape)} vs expected {tuple(shape)}.")
     if not spec.dtype.is_floating_point:
         raise ConversionError(f"{key} holds {spec.dtype} values; GRAM weights are floating-point.")
-    tensor = spec.load()
-    if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
-        raise ConversionError(f"{key} holds NaN or Inf values; the checkpoint is corrupt (or from a diverged run).")
+    tensor = spec.load().float()
+    if not torch.isfinite(tensor).all():
+        raise ConversionError(
+            f"{key} holds NaN or Inf values (in float32); the checkpoint is corrupt or from a diverged run."
+        )
     return tensor
 
 
 def check_derived_buffers(derived: dict[str, TensorSpec], config: GramConfig) -> None:
     """The original saves its mel filterbank, STFT window and relative-position indices: they must be the
     ones this package computes, or the converted model would not reproduce the original."""
-    extractor = GramFeatureExtractor(num_channels=config.num_channels)
+    extractor = GramFeatureExtractor.from_config(config)
     expected_fb = htk_mel_filterbank(
         extractor.n_fft // 2 + 1, extractor.f_min, extractor.f_max, extractor.num_mel_bins, extractor.sampling_rate
     )
+    feature_buffers = [key for key in derived if not RELATIVE_INDEX.fullmatch(key)]
+    if len(feature_buffers) > 4:  # the training module's and the runtime wrapper's filterbank and window
+        raise ConversionError(f"Unexpected feature buffers in the checkpoint: {sorted(feature_buffers)[:10]}")
     for key, spec in derived.items():
         if key.endswith("mel_scale.fb"):
             if spec.shape != expected_fb.shape or not torch.allclose(spec.load().float(), expected_fb, atol=1e-5):
@@ -266,12 +272,17 @@ def check_derived_buffers(derived: dict[str, TensorSpec], config: GramConfig) ->
                 )
         else:
             match = RELATIVE_INDEX.fullmatch(key)
-            head = int(match.group(2)) if match.group(2).isascii() else -1
+            block, head = (int(g) if g.isascii() and len(g) <= 4 else -1 for g in match.groups())
+            if not 0 <= block < config.decoder_num_hidden_layers:
+                raise ConversionError(
+                    f"Unexpected key {key} (the decoder has {config.decoder_num_hidden_layers} blocks)."
+                )
             window = config.decoder_window_sizes[head] if 0 <= head < len(config.decoder_window_sizes) else 0
             position = torch.arange(window)
             expected = position[:, None] - position[None, :] + window - 1
             if window == 0 or spec.shape != expected.shape or not torch.equal(spec.load().long(), expected):
-                raise ConversionError(f"{key}: unexpected relative-position index for window size {window}.")
+                name = key if len(key) <= 120 else f"{key[:117]}..."
+                raise ConversionError(f"{name}: unexpected relative-position index for window size {window}.")
 
 
 def checked_shapes(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool) -> dict[str, tuple[int, ...]]:
@@ -303,7 +314,7 @@ def checked_shapes(mapped: dict[str, TensorSpec], config: GramConfig, encoder_on
 def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool):
     """Reads the (validated) tensors and loads them into a real model."""
     expected = checked_shapes(mapped, config, encoder_only)
-    weights = {k: _load_checked(k, mapped[k], shape).float() for k, shape in expected.items()}
+    weights = {k: _load_checked(k, mapped[k], shape) for k, shape in expected.items()}
     if encoder_only:
         weights = {k[len("gram.") :]: v for k, v in weights.items()}
     model = (GramModel if encoder_only else GramForPreTraining)(config)
@@ -368,7 +379,7 @@ def write_model_card(directory: str, config: GramConfig, repo_id: str, source: s
         title=config.audio_format.capitalize(),
         patching=config.patching,
         audio_description=descriptions[config.audio_format],
-        audio_channels={1: 1, 2: 2, 7: 4}[config.num_channels],
+        audio_channels=config.audio_channels,
         num_channels=config.num_channels,
         patch=f"{config.patch_size[0]} x {config.patch_size[1]}",
         steps_per_second=f"{1000 / config.step_duration_ms:g}",
@@ -421,7 +432,7 @@ def convert(
 
     def write(directory: str) -> list[str]:
         model.save_pretrained(directory, safe_serialization=True)
-        GramFeatureExtractor(num_channels=config.num_channels).save_pretrained(directory)
+        GramFeatureExtractor.from_config(config).save_pretrained(directory)
         write_model_card(directory, config, repo_id or os.path.basename(output), checkpoint, file_sha256(checkpoint))
         _verify_saved(directory, model)
         return upload_files(directory)

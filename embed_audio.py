@@ -158,7 +158,7 @@ def load_model(args: argparse.Namespace) -> tuple[GramModel, GramFeatureExtracto
     try:
         extractor = GramFeatureExtractor.from_pretrained(args.model)
     except OSError:
-        extractor = GramFeatureExtractor(num_channels=model.config.num_channels)
+        extractor = GramFeatureExtractor.from_config(model.config)
     model.config.check_feature_extractor(extractor)
     if args.layer is not None and not 0 <= args.layer <= model.config.num_hidden_layers:
         raise ValueError(f"--layer must be in [0, {model.config.num_hidden_layers}] for this model, got {args.layer}.")

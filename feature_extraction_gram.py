@@ -9,9 +9,15 @@ import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-# Audio channels each model format consumes, by feature channels.
-AUDIO_CHANNELS_FOR_FEATURES = {1: 1, 2: 2, 7: 4}
-ACCEPTED_AUDIO_CHANNELS = (1, 2, 4)
+try:  # loaded by transformers as remote code (a package)
+    from .configuration_gram import AUDIO_CHANNELS, GRAM_FORMATS
+except ImportError:  # imported directly from the repository root
+    from configuration_gram import AUDIO_CHANNELS, GRAM_FORMATS
+
+# Audio channels each model format consumes, by feature channels (from the configuration's one table).
+AUDIO_CHANNELS_FOR_FEATURES = {GRAM_FORMATS[name]: AUDIO_CHANNELS[name] for name in GRAM_FORMATS}
+ACCEPTED_AUDIO_CHANNELS = tuple(sorted(AUDIO_CHANNELS.values()))
+AMBISONIC_FEATURES = GRAM_FORMATS["ambisonics"]
 # Frames computed at once: bounds the memory of the complex STFT for long recordings.
 _FRAMES_PER_BLOCK = 4096
 
@@ -128,12 +134,24 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         self.intensity_eps = float(intensity_eps)
         self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @classmethod
+    def from_config(cls, config, **kwargs) -> "GramFeatureExtractor":
+        """The extractor of a model configuration: channels, mel bins, sampling rate and hop come from the config
+        (the one source of truth, so features and timestamps cannot silently disagree with the model)."""
+        settings = dict(
+            num_channels=config.num_channels,
+            num_mel_bins=config.num_mel_bins,
+            sampling_rate=config.sampling_rate,
+            hop_length=config.hop_length,
+        )
+        return cls(**{**settings, **kwargs})
+
     @property
     def effective_log_offset(self) -> float:
         """`log_offset`, or the published default: 1e-6 for ambisonics, float32 epsilon otherwise."""
         if self.log_offset is not None:
             return self.log_offset
-        return 1e-6 if self.num_channels == 7 else float(torch.finfo(torch.float32).eps)
+        return 1e-6 if self.num_channels == AMBISONIC_FEATURES else float(torch.finfo(torch.float32).eps)
 
     @property
     def audio_channels(self) -> int:
@@ -284,7 +302,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
     def _spectrum_to_features(self, spectrum: torch.Tensor, filterbank: torch.Tensor) -> torch.Tensor:
         power = spectrum.real.square() + spectrum.imag.square()  # (..., C, freqs, frames)
         log_mel = torch.log(power.transpose(-1, -2) @ filterbank + self.effective_log_offset)  # (..., C, frames, mels)
-        if self.num_channels != 7:
+        if self.num_channels != AMBISONIC_FEATURES:
             return log_mel
         omni, directional = spectrum[..., :1, :, :], spectrum[..., 1:, :, :]
         intensity = 2.0 * (omni.conj() * directional).real  # (..., 3, freqs, frames)

@@ -114,7 +114,7 @@ def load_model(model_file_path: str = "", **kwargs) -> GramHearModel:
     try:
         extractor = GramFeatureExtractor.from_pretrained(path)
     except OSError:  # a directory with weights only: the extractor for the model's format
-        extractor = GramFeatureExtractor(num_channels=model.config.num_channels)
+        extractor = GramFeatureExtractor.from_config(model.config)
     layer = kwargs.get("layer")
     wrapper = GramHearModel(
         model,

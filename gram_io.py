@@ -69,7 +69,7 @@ def read_marker(directory: str | os.PathLike) -> dict | None:
             return None
         try:
             marker = json.loads(f.read())
-        except ValueError:
+        except (ValueError, RecursionError):  # malformed, or nested deeper than the parser's recursion limit
             return None
     files = marker.get("files") if isinstance(marker, dict) else None
     if not isinstance(files, list) or not all(_is_plain_relative(name) for name in files):

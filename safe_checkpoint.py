@@ -42,6 +42,10 @@ MAX_RECORDS = 200_000
 MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32
 MAX_TENSOR_DIMS = 8
 MAX_INT_BYTES = 8  # 64-bit: larger ints let a pickle build dict keys whose hashes all collide
+# Tuples have deterministic hashes that can be made to collide: inserting n colliding keys costs n^2
+# comparisons, so tuple (and frozenset) keys and set items are few (a checkpoint uses none or a handful).
+MAX_TUPLE_KEYS = 2000
+MAX_SAFETENSORS_HEADER = 16 << 20  # a GRAM checkpoint's header is ~30 kB
 
 
 class CheckpointError(ValueError):
@@ -70,6 +74,8 @@ class TensorSpec:
     shape: torch.Size
     dtype: torch.dtype
     _load: Callable[[], torch.Tensor]
+    record: str | None = None  # the archive record holding its bytes (zip checkpoints)
+    record_bytes: int = 0
 
     def load(self) -> torch.Tensor:
         try:
@@ -205,6 +211,7 @@ class _PickleMachine:
         self.depth: dict[int, tuple[int, int]] = {}  # id -> (nesting depth, weight) of tuples/frozensets built here
         self.keep_alive: list[Any] = []  # ids in `depth` stay valid
         self.objects = 0
+        self.tuple_keys = 0
         self.storages: dict[str, _StorageRef] = {}
 
     # -- reading the byte stream --
@@ -268,12 +275,17 @@ class _PickleMachine:
         self.keep_alive.append(value)
         return value
 
-    @staticmethod
-    def setitem(container, key, value) -> None:
+    def count_tuple_keys(self, keys) -> None:
+        self.tuple_keys += sum(isinstance(key, (tuple, frozenset)) for key in keys)
+        if self.tuple_keys > MAX_TUPLE_KEYS:
+            raise CheckpointError(f"The checkpoint uses more than {MAX_TUPLE_KEYS} tuples as keys or set items.")
+
+    def setitem(self, container, key, value) -> None:
         if isinstance(container, _Inert):
             return
         if type(container) not in (dict, _StateDict):
             raise CheckpointError(f"The checkpoint's pickle sets items on a {type(container).__name__}.")
+        self.count_tuple_keys([key])
         try:
             container[key] = value
         except TypeError:
@@ -441,18 +453,23 @@ class _PickleMachine:
                 container = self.top()
                 if type(container) is not set:
                     raise CheckpointError("The checkpoint's pickle adds set items to a non-set.")
+                self.count_tuple_keys(items)
                 try:
                     container.update(items)
                 except TypeError:
                     raise CheckpointError("The checkpoint's pickle puts an unhashable value in a set.") from None
             elif op == b"\x91":  # FROZENSET
+                items = self.pop_mark()
+                self.count_tuple_keys(items)
                 try:
-                    stack.append(self.hashable(self.pop_mark(), frozenset))
+                    stack.append(self.hashable(items, frozenset))
                 except TypeError:
                     raise CheckpointError("The checkpoint's pickle puts an unhashable value in a set.") from None
             elif op in (b"q", b"r", b"\x94"):  # BINPUT, LONG_BINPUT, MEMOIZE
                 index = self.take(1)[0] if op == b"q" else self.unpack("<I") if op == b"r" else len(self.memo)
                 self.memo[index] = self.top()
+                if len(self.memo) > MAX_OBJECTS:
+                    raise CheckpointError(f"The checkpoint's pickle keeps more than {MAX_OBJECTS} memo entries.")
             elif op in (b"h", b"j"):  # BINGET, LONG_BINGET
                 index = self.take(1)[0] if op == b"h" else self.unpack("<I")
                 if index not in self.memo:
@@ -583,7 +600,8 @@ def _zip_specs(path: str) -> dict[str, Any]:
             view = torch.as_strided(base, ref.shape, ref.stride, ref.offset)
             return view.clone(memory_format=torch.contiguous_format)
 
-        return TensorSpec(torch.Size(ref.shape), ref.storage.dtype, load)
+        size = ref.storage.numel * torch.empty((), dtype=ref.storage.dtype).element_size()
+        return TensorSpec(torch.Size(ref.shape), ref.storage.dtype, load, ref.storage.key, size)
 
     # Only the state dict is turned into specs: the rest (hyper-parameters, loop and optimizer state) stays
     # inert data that is dropped, and nothing is walked recursively.
@@ -601,10 +619,16 @@ def _specs_of(state: dict, spec: Callable[[_TensorRef], TensorSpec]) -> dict:
 def _safetensors_specs(path: str) -> dict[str, TensorSpec]:
     from safetensors import safe_open
 
+    with open(path, "rb") as f:
+        header_size = struct.unpack("<Q", f.read(8))[0]
+    if header_size > MAX_SAFETENSORS_HEADER:
+        raise CheckpointError(f"The safetensors header is {header_size} bytes, more than {MAX_SAFETENSORS_HEADER}.")
     handle = safe_open(path, framework="pt")
     specs = {}
     for key in handle.keys():
-        shape = torch.Size(handle.get_slice(key).get_shape())
+        shape = torch.Size(_int_tuple(tuple(handle.get_slice(key).get_shape()), "shape"))
+        if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+            raise CheckpointError(f"Tensor {key[:80]!r} declares more than {MAX_TENSOR_ELEMENTS} elements.")
         dtype_name = handle.get_slice(key).get_dtype()
         dtype = {
             "F32": torch.float32,
@@ -659,4 +683,17 @@ def read_checkpoint(path: str) -> tuple[dict[str, TensorSpec], str]:
     others = sorted(key for key, value in obj.items() if not isinstance(value, TensorSpec))
     if others:
         raise CheckpointError(f"The state dict has entries that are not tensors: {[k[:80] for k in others[:10]]}")
+    # Views are non-overlapping one by one; across tensors, the weights may not hold more bytes than the records
+    # they come from (else a small file could pose as a huge model by reusing one record for every weight).
+    records = {spec.record: spec.record_bytes for spec in obj.values() if spec.record is not None}
+    declared = sum(
+        spec.shape.numel() * torch.empty((), dtype=spec.dtype).element_size()
+        for spec in obj.values()
+        if spec.record is not None
+    )
+    if declared > sum(records.values()):
+        raise CheckpointError(
+            f"The state dict's tensors declare {declared} bytes but their records hold "
+            f"{sum(records.values())}: tensors share storage, which GRAM checkpoints never do."
+        )
     return obj, description

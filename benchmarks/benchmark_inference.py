@@ -83,7 +83,7 @@ def bench_throughput(
 ) -> dict:
     config = GramConfig.from_variant(variant)
     model = GramModel(config).to(device).eval()
-    extractor = GramFeatureExtractor(num_channels=config.num_channels)
+    extractor = GramFeatureExtractor.from_config(config)
     generator = torch.Generator().manual_seed(0)
     audio = [0.1 * torch.randn(2, 10 * SR, generator=generator) for _ in range(clips)]
     features = extractor(audio, sampling_rate=SR, return_tensors="pt")["input_values"].to(device)
@@ -118,7 +118,7 @@ def peak_memory_child(minutes: float, variant: str, device: str) -> None:
     torch.manual_seed(0)
     config = GramConfig.from_variant(variant)
     model = GramModel(config).to(device).eval()
-    extractor = GramFeatureExtractor(num_channels=config.num_channels)
+    extractor = GramFeatureExtractor.from_config(config)
     audio = 0.1 * torch.randn(2, int(minutes * 60 * SR))
     start = time.perf_counter()
     with torch.inference_mode():

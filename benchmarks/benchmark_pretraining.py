@@ -75,7 +75,7 @@ def bench(
     config._attn_implementation = "sdpa"
     model = GramForPreTraining(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.01)
-    extractor = GramFeatureExtractor(num_channels=config.num_channels)
+    extractor = GramFeatureExtractor.from_config(config)
     builder = SceneBuilder(extractor, SceneConfig(crops_per_clip=crops))
     batch = synthetic_batch(scenes, extractor.audio_channels, device)
     forward = torch.compile(model) if "compile" in mode else model

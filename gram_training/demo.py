@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from configuration_gram import GRAM_FORMATS
 from feature_extraction_gram import GramFeatureExtractor
 from gram_io import staged_directory
 from gram_training.rooms import RoomSpec, direction_vector
-from gram_training.scenes import fft_convolve
+from gram_training.scenes import SceneBuilder, SceneConfig
 from gram_training.simulate import AUDIO_FORMATS, music_segments, noise_position, room_impulse_response, sound_effects
 from modeling_gram import GramModel, angular_error_degrees
 
@@ -67,36 +68,45 @@ def render_scenes(
     test_share: float = 0.25,
 ) -> SpatialScenes:
     """Each room gets one source direction and `scenes_per_room` different effects; the last
-    `test_share` of the rooms are the test set (their rooms and directions are unseen in training)."""
+    `test_share` of the rooms are the test set (their rooms and directions are unseen in training). Scenes are
+    mixed by the pretraining's `SceneBuilder.mix` (source and noise at -14 dBFS over where they play, the SNR
+    over where the noise plays), so the probes see scenes like those GRAM is pretrained on."""
+    from tqdm.auto import tqdm
+
     if num_rooms < 2 or scenes_per_room < 1:
         raise ValueError("Need at least 2 rooms (train and test) and 1 scene per room.")
     rng = np.random.default_rng(seed)
+    mixer = SceneBuilder(
+        GramFeatureExtractor(num_channels=GRAM_FORMATS[audio_format]),
+        SceneConfig(sampling_rate=SAMPLING_RATE, clip_seconds=seconds, snr_db_min=snr_db[0], snr_db_max=snr_db[1]),
+    )
     effects = sound_effects(SAMPLING_RATE)
     kind_names = sorted({kind for _, kind, _ in effects})
     noise = music_segments(SAMPLING_RATE, seconds)
     length = int(seconds * SAMPLING_RATE)
     audio, kinds, directions, azimuths, is_test = [], [], [], [], []
     num_test = max(1, int(round(test_share * num_rooms)))
-    for room in range(num_rooms):
+    for room in tqdm(range(num_rooms), desc=f"rendering {audio_format} scenes", unit="room"):
         spec = RoomSpec.random(rng, elevation=float(rng.uniform(-20.0, 40.0)))
         noise_spec = noise_position(spec, rng)
         rir = torch.from_numpy(room_impulse_response(spec, audio_format, SAMPLING_RATE))
         noise_rir = torch.from_numpy(room_impulse_response(noise_spec, audio_format, SAMPLING_RATE))
         for _ in range(scenes_per_room):
             _, kind, effect = effects[int(rng.integers(len(effects)))]
-            dry = np.zeros(length, np.float32)
             effect = effect[:length]
-            start = int(rng.integers(0, length - len(effect) + 1))
-            dry[start : start + len(effect)] = effect
-            source_image = fft_convolve(torch.from_numpy(dry)[None], rir[None])[0]
+            dry = np.zeros(length, np.float32)  # a short effect plays from the start, zero-padded (as in pretraining)
+            dry[: len(effect)] = effect
             noise_clip = torch.from_numpy(noise[int(rng.integers(len(noise)))][None])
-            noise_image = fft_convolve(noise_clip, noise_rir[None])[0]
-            snr = rng.uniform(*snr_db)
-            gain = torch.sqrt(
-                source_image.square().mean() / noise_image.square().mean().clamp_min(1e-12) / 10 ** (snr / 10)
-            )
-            scene = source_image + gain * noise_image
-            audio.append((0.1 * scene / scene.square().mean().sqrt().clamp_min(1e-8)).numpy())
+            scene = mixer.mix(
+                torch.from_numpy(dry)[None],
+                rir[None],
+                noise_clip,
+                noise_rir[None],
+                snr_db=torch.tensor([rng.uniform(*snr_db)]),
+                clean=torch.tensor([False]),
+                source_length=torch.tensor([len(effect)]),
+            )[0]
+            audio.append(scene.numpy())
             kinds.append(kind_names.index(kind))
             directions.append(direction_vector(spec.azimuth, spec.elevation))
             azimuths.append(spec.azimuth)
@@ -296,8 +306,6 @@ def pretrain_tiny(audio_format: str, work_dir: Path, steps: int, seed: int) -> P
             "no",
             "--seed",
             str(seed),
-            "--disable_tqdm",
-            "true",
         ]
     )
     return output
@@ -312,21 +320,22 @@ def run_demo(
     pretraining_steps: int = 200,
     probe_epochs: int = 100,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}.")
-    with staged_directory(output_dir, "demo", inputs=[model] if model else [], overwrite_flag=None) as staging:
+    with staged_directory(output_dir, "demo", inputs=[model] if model else [], overwrite=overwrite) as staging:
         logger.info("Rendering %d scenes in %d rooms (%s).", num_rooms * scenes_per_room, num_rooms, audio_format)
         scenes = render_scenes(audio_format, num_rooms, scenes_per_room, seed)
         model_dir = Path(model) if model else pretrain_tiny(audio_format, staging, pretraining_steps, seed)
         encoder = GramModel.from_pretrained(model_dir)
-        expected_channels = {"binaural": 2, "ambisonics": 7}[audio_format]
+        expected_channels = GRAM_FORMATS[audio_format]
         if encoder.config.num_channels != expected_channels:
             raise ValueError(
                 f"The model at {model_dir} takes {encoder.config.num_channels} feature channels; "
                 f"{audio_format} scenes give {expected_channels}."
             )
-        extractor = GramFeatureExtractor(num_channels=encoder.config.num_channels)
+        extractor = GramFeatureExtractor.from_config(encoder.config)
         representations = {
             "GRAM": gram_embeddings(encoder, extractor, scenes.audio),
             "log-mel baseline": log_mel_baseline(extractor, scenes.audio),
@@ -376,6 +385,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pretraining-steps", type=int, default=200)
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of the demo")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
@@ -388,6 +398,7 @@ def main(argv=None) -> int:
             args.pretraining_steps,
             args.probe_epochs,
             args.seed,
+            args.overwrite,
         )
     except (ValueError, OSError) as error:
         parser.exit(2, f"error: {error}\n")

@@ -131,6 +131,8 @@ def write_pretraining_data(
     sampling_rate: int = 32000,
     with_speech: bool = True,
     noise_sources: int = 3,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Write the offline pretraining material (see the module docstring) atomically to `output_dir`."""
     if audio_format not in AUDIO_FORMATS:
@@ -140,7 +142,9 @@ def write_pretraining_data(
     if audio_format == "binaural":
         load_kemar(sampling_rate)  # fail before writing anything if the HRIRs are missing
     rng = np.random.default_rng(seed)
-    with staged_directory(output_dir, "simulate", overwrite_flag=None) as staging:
+    from tqdm.auto import tqdm
+
+    with staged_directory(output_dir, "simulate", overwrite=overwrite) as staging:
         for sub in ("sources", "noise", "rirs", "noise_rirs"):
             (staging / sub).mkdir()
         for name, _, audio in sound_effects(sampling_rate):
@@ -151,7 +155,7 @@ def write_pretraining_data(
         for index, audio in enumerate(music_segments(sampling_rate)):
             soundfile.write(staging / "noise" / f"music{index:03d}.wav", audio, sampling_rate)
         metadata = []
-        for index in range(num_rirs):
+        for index in tqdm(range(num_rirs), desc=f"simulating {audio_format} rooms", unit="room", disable=not progress):
             spec = RoomSpec.random(rng)
             np.save(staging / "rirs" / f"rir{index:04d}.npy", room_impulse_response(spec, audio_format, sampling_rate))
             # The noise comes from other points of the same room, summed in the scene as the original does.
@@ -177,6 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise-sources", type=int, default=3, help="noise positions per room (summed in a scene)")
     parser.add_argument("--no-speech", action="store_true", help="leave out the eSpeak NG sentences")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of this command")
     args = parser.parse_args(argv)
     try:
         path = write_pretraining_data(
@@ -186,6 +191,7 @@ def main(argv=None) -> int:
             args.seed,
             with_speech=not args.no_speech,
             noise_sources=args.noise_sources,
+            overwrite=args.overwrite,
         )
     except (ValueError, OSError) as error:
         parser.exit(2, f"error: {error}\n")

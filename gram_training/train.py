@@ -218,7 +218,7 @@ def build_dataset(data_args: DataArguments, config: GramConfig, seed: int) -> Sc
         seed=seed,
         local_paths=data_args.hf_local_paths,
     )
-    channels = {1: 1, 2: 2, 7: 4}[config.num_channels]
+    channels = config.audio_channels
     return SceneDataset(
         source,
         data_args.rir_dir,
@@ -258,12 +258,7 @@ def main(argv=None) -> GramPretrainer:
     set_seed(training_args.seed)  # the model's initial weights too (Trainer seeds only once it exists)
     model = build_model(model_args)
     config = model.config
-    feature_extractor = GramFeatureExtractor(
-        num_channels=config.num_channels,
-        sampling_rate=config.sampling_rate,
-        num_mel_bins=config.num_mel_bins,
-        hop_length=config.hop_length,
-    )
+    feature_extractor = GramFeatureExtractor.from_config(config)
     scene_config = SceneConfig(
         sampling_rate=config.sampling_rate,
         clip_seconds=data_args.clip_seconds,
@@ -290,7 +285,11 @@ def main(argv=None) -> GramPretrainer:
             raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {training_args.output_dir}.")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the final model, loadable with AutoModel / AutoModelForPreTraining
-    logger.info("Saved the final model to %s", os.path.abspath(training_args.output_dir))
+    if trainer.is_world_process_zero():
+        print(
+            f"Saved the final model to {os.path.abspath(training_args.output_dir)} (load it with AutoModel / "
+            "AutoModelForPreTraining.from_pretrained(..., trust_remote_code=True))."
+        )
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="GRAM pretraining")
     return trainer

@@ -229,10 +229,9 @@ def test_storage_views_and_dtypes_are_rebuilt_exactly(tmp_path):
         "empty": torch.zeros(0, 3),
         "scalar": torch.tensor(2.5),
     }
-    torch.save(state, tmp_path / "views.pt")
-    specs, _ = read_checkpoint(str(tmp_path / "views.pt"))
-    for key, value in state.items():
-        loaded = specs[key].load()
+    for key, value in state.items():  # one file each: the views share their base's storage
+        torch.save({key: value}, tmp_path / f"{key}.pt")
+        loaded = read_checkpoint(str(tmp_path / f"{key}.pt"))[0][key].load()
         assert loaded.dtype == value.dtype and torch.equal(loaded, value), key
     # An expanded view reuses storage elements: never a weight, refused (a tiny record cannot pose as a big tensor).
     torch.save({"expand": torch.ones(3).expand(4, 3)}, tmp_path / "expand.pt")
@@ -547,3 +546,67 @@ def test_removal_of_an_old_output_never_follows_links(tmp_path):
     os.symlink(tmp_path / "elsewhere", old / "link")
     gram_io._remove_own_files(old, ["sub/a.txt", "link", "link/victim.txt", "../elsewhere/victim.txt"])
     assert not old.exists() and (tmp_path / "elsewhere" / "victim.txt").read_text() == "keep me"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the second attack review
+# ----------------------------------------------------------------------------------------------------------
+def test_tuple_keys_memo_growth_and_huge_safetensors_headers_are_bounded(tmp_path):
+    # 2,001 tuple keys: tuple hashes can be made to collide, so their number is bounded
+    keys = b"".join(b"(J" + struct.pack("<i", i) + b"J\x00\x00\x00\x00tN" for i in range(2001))
+    with pytest.raises(CheckpointError, match="more than 2000 tuples as keys"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "keys.ckpt", b"\x80\x02}(" + keys + b"u.")))
+    # one byte per memo entry (MEMOIZE of the same value)
+    with pytest.raises(CheckpointError, match="memo entries"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "memo.ckpt", b"\x80\x04N" + b"\x94" * 1_100_000 + b".")))
+    header = b"{" + b" " * (17 << 20) + b"}"
+    (tmp_path / "big.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CheckpointError, match="safetensors header"):
+        read_checkpoint(str(tmp_path / "big.safetensors"))
+
+
+def test_weights_sharing_one_record_are_refused(tmp_path, capsys):
+    state = _state_with(lambda s: None)
+    shared = state["encoder.layers.encoder_layer_0.mlp.0.weight"]
+    state["encoder.layers.encoder_layer_1.mlp.0.weight"] = shared  # two weights, one record of the file
+    torch.save({"state_dict": state}, tmp_path / "shared.pt")
+    code, err = run_converter(capsys, tmp_path / "shared.pt", tmp_path / "out")
+    assert code == 2 and "tensors share storage" in err
+
+
+def test_float64_values_beyond_float32_are_refused(tmp_path, capsys):
+    def overflow(s):
+        s["encoder.layers.encoder_layer_0.mlp.0.weight"] = s["encoder.layers.encoder_layer_0.mlp.0.weight"].double()
+        s["encoder.layers.encoder_layer_0.mlp.0.weight"][0, 0] = 1e300  # finite in float64, Inf in float32
+
+    torch.save({"state_dict": _state_with(overflow)}, tmp_path / "f64.pt")
+    code, err = run_converter(capsys, tmp_path / "f64.pt", tmp_path / "out")
+    assert code == 2 and "holds NaN or Inf values (in float32)" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("decoder_blocks.0.wmha.attn_heads." + "7" * 5000 + ".relative_position_index", "relative-position index"),
+        ("decoder_blocks.9.wmha.attn_heads.0.relative_position_index", "the decoder has 2 blocks"),
+        ("x.y.mel_scale.fb", None),
+    ],
+)
+def test_derived_buffers_are_bounded_and_must_belong(key, message, tmp_path, capsys):
+    def add(s):
+        if message is None:  # many filterbanks (each read and compared): more than a checkpoint holds
+            for i in range(5):
+                s[f"a{i}.mel_scale.fb"] = torch.zeros(513, 128)
+        else:
+            s[key] = torch.zeros(3, 3, dtype=torch.long)
+
+    torch.save({"state_dict": _state_with(add)}, tmp_path / "ckpt.pt")
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err and (message or "Unexpected feature buffers") in err
+
+
+def test_a_marker_nested_too_deep_is_not_ours(tmp_path):
+    import gram_io
+
+    (tmp_path / ".gram-output.json").write_text("[" * 200_000)
+    assert gram_io.read_marker(tmp_path) is None

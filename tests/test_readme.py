@@ -51,8 +51,15 @@ def test_readme_states_the_two_setup_commands_that_ci_runs():
         readme = f.read()
     with open(os.path.join(ROOT, ".ci", "run")) as f:
         ci_commands = [line for line in f.read().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
-    setup_block = re.search(r"```bash\n(.*?)```", readme, flags=re.DOTALL).group(1).strip().splitlines()
-    assert ci_commands == setup_block == ["pip install -r requirements.txt", "python -m pytest -q"]
+    # The README opens (after the title) with exactly two commands: the demo, and the tests that CI runs.
+    opening = readme.split("\n# GRAM", 1)[1].split("\n", 1)[1].lstrip()
+    assert opening.startswith("```bash\n")
+    first_block = re.match(r"```bash\n(.*?)```", opening, flags=re.DOTALL).group(1).strip().splitlines()
+    commands = [line.split("#")[0].strip() for line in first_block]
+    assert commands == ["make demo", "make test"] and ci_commands == ["make test"]
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        makefile = f.read()
+    assert "gram-demo --output-dir demo-output" in makefile and "pytest -q" in makefile
 
 
 def test_readme_conversion_commands_run(tmp_path, monkeypatch):

@@ -99,7 +99,7 @@ def test_write_pretraining_data_is_complete_and_atomic(tmp_path):
     assert np.load(output / "rirs" / "rir0000.npy").shape[0] == 4
     assert len(os.listdir(output / "noise_rirs")) == 2
     assert np.load(output / "noise_rirs" / "rir0000.npy").shape[:2] == (3, 4)  # 3 noise positions, W X Y Z
-    with pytest.raises(ValueError, match="exists and is not empty; choose a new or empty directory"):
+    with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite to replace it"):
         simulate.write_pretraining_data(output, "ambisonics", num_rirs=1)
     with pytest.raises(ValueError, match="audio_format"):
         simulate.write_pretraining_data(tmp_path / "other", "surround", num_rirs=1)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
 from dataclasses import dataclass
 
@@ -31,11 +30,18 @@ import numpy as np
 import torch
 
 from configuration_gram import POOLING_STRATEGIES
-from feature_extraction_gram import GramFeatureExtractor, resample_audio
-from gram_io import OutputDirectoryError, check_output_dir, printable, staged_directory
+from feature_extraction_gram import GramFeatureExtractor
+from gram_io import (
+    AUDIO_EXTENSIONS,
+    OutputDirectoryError,
+    check_output_dir,
+    is_regular_file,
+    printable,
+    read_audio,
+    staged_directory,
+)
 from modeling_gram import GramModel
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -43,14 +49,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class AudioFile:
     path: str
     relative: str  # output name: the input's own name, then the path below it
-
-
-def _is_regular_file(path: str) -> bool:
-    """True for regular files (and links to them); named pipes, devices and sockets would block or never end."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def find_audio_files(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str, str]]]:
@@ -72,12 +70,12 @@ def find_audio_files(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str
                     path = os.path.join(base, entry)
                     if not entry.lower().endswith(AUDIO_EXTENSIONS):
                         continue
-                    if not _is_regular_file(path):
+                    if not is_regular_file(path):
                         skipped.append((path, "not a regular file"))
                         continue
                     found.append(AudioFile(path, os.path.join(name, os.path.relpath(path, item))))
         elif os.path.exists(item):
-            if not _is_regular_file(item):
+            if not is_regular_file(item):
                 skipped.append((item, "not a regular file"))
                 continue
             if not item.lower().endswith(AUDIO_EXTENSIONS):
@@ -96,24 +94,6 @@ def find_audio_files(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str
         seen.add(real)
         files.extend(found)
     return files, skipped
-
-
-def read_audio(path: str, sampling_rate: int, resample: bool) -> np.ndarray:
-    """(channels, samples) float32; raises ValueError with the reason when unusable."""
-    import soundfile
-
-    try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as error:  # soundfile raises several types for corrupt or unsupported files
-        raise ValueError(f"unreadable ({type(error).__name__}: {error})") from None
-    if data.size == 0:
-        raise ValueError("empty")
-    audio = np.ascontiguousarray(data.T)
-    if rate != sampling_rate:
-        if not resample:
-            raise ValueError(f"{rate} Hz, expected {sampling_rate} Hz (pass --resample)")
-        audio = resample_audio(audio, rate, sampling_rate)
-    return audio
 
 
 class Writer:
@@ -208,7 +188,7 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
 
             for item in files:
                 try:
-                    audio = read_audio(item.path, extractor.sampling_rate, args.resample)
+                    audio = read_audio(item.path, extractor.sampling_rate, args.resample, name="")
                     extractor(
                         [audio], sampling_rate=extractor.sampling_rate
                     )  # raises on bad content (short, NaN, huge)

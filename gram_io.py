@@ -1,4 +1,12 @@
-"""Writing output directories without ever losing a user's files.
+"""Audio in and directories out, once for the whole package: reading, finding and resampling audio files (the
+embedding command, the training data, the simulator), and writing output directories without ever losing a
+user's files (every command that writes a directory).
+
+Reading (`read_audio`, `find_audio_files`, `check_audio`): regular files only (a named pipe would block), wav /
+flac / ogg / mp3 through soundfile and `.npy` without pickle; samples checked finite after the cast to float32
+and within a sane peak; resampled with the package's one resampler, `feature_extraction_gram.resample_audio`.
+
+Writing output directories without ever losing a user's files:
 
 Every command of the package that writes a directory (convert_checkpoint.py, export_onnx.py, embed_audio.py,
 the simulator and the demo) writes it through `staged_directory`:
@@ -29,9 +37,94 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_MARKER = ".gram-output.json"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+# Audio beyond this peak is not audio (float files hold [-1, 1]; PCM scaled as floats reaches 32768 or 2**31):
+# its level normalisation would overflow float32 and poison a training run.
+MAX_PEAK = 1e10
+
+
+class BadAudioError(ValueError):
+    """A file or record that cannot be used as audio; the message says why."""
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """True for regular files (and links to them); named pipes, devices and sockets would block or never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def find_audio_files(folder: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Regular files with one of `extensions` (any case) under `folder`, recursively, sorted (so every process of
+    a job sees the same order)."""
+    extensions = tuple(e.lower() for e in extensions)
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and is_regular_file(p))
+
+
+def check_audio(audio, name: str = "", sets: bool = False) -> np.ndarray:
+    """Finite float32 `(channels, samples)` audio (with `sets`, also `(sources, channels, samples)`); raises
+    `BadAudioError`. Checked after the cast to float32: a finite float64/longdouble can overflow to Inf in it."""
+    prefix = f"{name}: " if name else ""
+    if not isinstance(audio, np.ndarray):  # e.g. an .npz archive under an .npy name
+        raise BadAudioError(f"{prefix}not a single array ({type(audio).__name__})")
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim not in ((2, 3) if sets else (2,)) or audio.size == 0:
+        expected = "(samples,), (channels, samples)" + (" or (sources, channels, samples)" if sets else "")
+        raise BadAudioError(f"{prefix}expected {expected} audio, got shape {audio.shape}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise BadAudioError(f"{prefix}expected floating-point samples, got {audio.dtype}")
+    with np.errstate(over="ignore"):
+        audio = audio.astype(np.float32, copy=False)
+    if not np.isfinite(audio).all():
+        raise BadAudioError(f"{prefix}contains NaN or Inf (in float32)")
+    peak = float(np.abs(audio).max())
+    if peak > MAX_PEAK:
+        raise BadAudioError(f"{prefix}peak amplitude {peak:.3g} is not audio (expected floats in [-1, 1])")
+    return audio
+
+
+def resample(audio: np.ndarray, from_rate, to_rate: int, name: str = "") -> np.ndarray:
+    """`feature_extraction_gram.resample_audio`, with a rate read from a file or record checked first."""
+    from feature_extraction_gram import resample_audio
+
+    if isinstance(from_rate, bool) or not isinstance(from_rate, (int, np.integer)) or not 1 <= from_rate <= 10_000_000:
+        raise BadAudioError(f"{name + ': ' if name else ''}invalid sampling rate {from_rate!r}")
+    return resample_audio(audio, int(from_rate), to_rate)
+
+
+def read_audio(
+    path: str | os.PathLike, sampling_rate: int, resample_other_rates: bool = True, sets: bool = False, name=None
+) -> np.ndarray:
+    """`(channels, samples)` float32 at `sampling_rate` from a wav/flac/ogg/mp3 file (soundfile) or an `.npy`
+    array (read without pickle; already at `sampling_rate`; with `sets` also `(sources, channels, samples)`).
+    Errors are `BadAudioError`s prefixed with `name` (default: the file name; "" for none)."""
+    import soundfile
+
+    path = Path(path)
+    name = path.name if name is None else name
+    prefix = f"{name}: " if name else ""
+    if not is_regular_file(path):
+        raise BadAudioError(f"{prefix}not a regular file")
+    try:
+        if path.suffix.lower() == ".npy":
+            return check_audio(np.load(path, allow_pickle=False), name, sets)
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except BadAudioError:
+        raise
+    except Exception as error:  # soundfile/numpy raise many types for corrupt files
+        raise BadAudioError(f"{prefix}unreadable ({type(error).__name__}: {error})") from error
+    audio = check_audio(np.ascontiguousarray(data.T), name)
+    if rate != sampling_rate and not resample_other_rates:
+        raise BadAudioError(f"{prefix}{rate} Hz, expected {sampling_rate} Hz (pass --resample)")
+    return resample(audio, rate, sampling_rate, name)
 
 
 class OutputDirectoryError(ValueError):

@@ -20,15 +20,14 @@ import soundfile
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from feature_extraction_gram import resample_audio
+import gram_io
+from gram_io import AUDIO_EXTENSIONS as GRAM_AUDIO_EXTENSIONS
+from gram_io import BadAudioError, check_audio, resample
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".npy")
-
-
-class BadAudioError(ValueError):
-    """A file or record that cannot be used as audio."""
+# Training sources may also be `.npy` arrays (impulse responses, typically), read without pickle.
+AUDIO_EXTENSIONS = (*GRAM_AUDIO_EXTENSIONS, ".npy")
 
 
 class SkippedFiles:
@@ -50,63 +49,19 @@ class SkippedFiles:
 
 
 def find_audio_files(folder: str | os.PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Audio files under `folder` (recursively), sorted so every process sees the same order."""
+    """`gram_io.find_audio_files`, for a source folder that must exist and hold audio."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"Not a folder: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    files = gram_io.find_audio_files(root, extensions)
     if not files:
         raise ValueError(f"No audio files ({', '.join(extensions)}) under {root}.")
     return files
 
 
-# Audio beyond this peak is not audio (float files hold [-1, 1]; PCM scaled as floats reaches 32768 or
-# 2**31): its level normalisation would overflow float32 and poison a whole training run.
-MAX_PEAK = 1e10
-
-
-def _check_audio(audio: np.ndarray, name: str, sets: bool = False) -> np.ndarray:
-    """Finite float32 `(channels, samples)` audio (or, with `sets`, also `(sources, channels, samples)`).
-    Checked after the cast to float32: a finite float64/longdouble value can overflow to Inf in it."""
-    if not isinstance(audio, np.ndarray):  # e.g. an .npz archive under an .npy name
-        raise BadAudioError(f"{name}: not a single array ({type(audio).__name__})")
-    if audio.ndim == 1:
-        audio = audio[None]
-    if audio.ndim not in ((2, 3) if sets else (2,)) or audio.size == 0:
-        expected = "(samples,), (channels, samples)" + (" or (sources, channels, samples)" if sets else "")
-        raise BadAudioError(f"{name}: expected {expected} audio, got shape {audio.shape}")
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise BadAudioError(f"{name}: expected floating-point samples, got {audio.dtype}")
-    with np.errstate(over="ignore"):
-        audio = audio.astype(np.float32, copy=False)
-    if not np.isfinite(audio).all():
-        raise BadAudioError(f"{name}: contains NaN or Inf (in float32)")
-    peak = float(np.abs(audio).max())
-    if peak > MAX_PEAK:
-        raise BadAudioError(f"{name}: peak amplitude {peak:.3g} is not audio (expected floats in [-1, 1])")
-    return audio
-
-
-def _resample(audio: np.ndarray, from_rate, to_rate: int, name: str) -> np.ndarray:
-    if isinstance(from_rate, bool) or not isinstance(from_rate, (int, np.integer)) or not 1 <= from_rate <= 10_000_000:
-        raise BadAudioError(f"{name}: invalid sampling rate {from_rate!r}")
-    return resample_audio(audio, int(from_rate), to_rate)
-
-
 def read_audio(path: str | os.PathLike, sampling_rate: int, sets: bool = False) -> np.ndarray:
-    """`(channels, samples)` float32 at `sampling_rate`. `.npy` files hold `(samples,)` or `(channels,
-    samples)` floats already at `sampling_rate` (impulse responses, typically), or with `sets` also
-    `(sources, channels, samples)`, and are read without pickle."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".npy":
-            return _check_audio(np.load(path, allow_pickle=False), path.name, sets)
-        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except BadAudioError:
-        raise
-    except Exception as error:  # soundfile/numpy raise many types for corrupt files
-        raise BadAudioError(f"{path.name}: unreadable ({type(error).__name__}: {error})") from error
-    return _resample(_check_audio(audio.T, path.name), rate, sampling_rate, path.name)
+    """`(channels, samples)` float32 at `sampling_rate` (`gram_io.read_audio`; errors are `BadAudioError`s)."""
+    return gram_io.read_audio(path, sampling_rate, sets=sets)
 
 
 def decode_record(value, sampling_rate: int, name: str, local_paths: bool = False) -> np.ndarray:
@@ -121,7 +76,7 @@ def decode_record(value, sampling_rate: int, name: str, local_paths: bool = Fals
                 audio, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
             except Exception as error:
                 raise BadAudioError(f"{name}: undecodable audio bytes ({error})") from error
-            return _resample(_check_audio(audio.T, name), rate, sampling_rate, name)
+            return resample(check_audio(audio.T, name), rate, sampling_rate, name)
         if isinstance(value, dict) and value.get("path") is not None:
             if not local_paths:
                 raise BadAudioError(
@@ -130,8 +85,8 @@ def decode_record(value, sampling_rate: int, name: str, local_paths: bool = Fals
                 )
             return read_audio(value["path"], sampling_rate)
         if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
-            audio = _check_audio(np.asarray(value["array"]), name)
-            return _resample(audio, value["sampling_rate"], sampling_rate, name)
+            audio = check_audio(np.asarray(value["array"]), name)
+            return resample(audio, value["sampling_rate"], sampling_rate, name)
     except BadAudioError:
         raise
     except Exception as error:  # ragged arrays, odd types: a bad record, not a crash of the run

@@ -154,15 +154,15 @@ def kemar_file() -> Path:
 @lru_cache(maxsize=4)
 def load_kemar(sampling_rate: int = 32000) -> HrirSet:
     """The 710 measured MIT KEMAR HRIRs, resampled to `sampling_rate`."""
-    from scipy.signal import resample_poly
+    from feature_extraction_gram import resample_audio
 
     with bz2.open(kemar_file(), "rb") as handle:
         record = _KemarUnpickler(handle).load()
     sources = np.asarray(record.sources, dtype=np.float64)  # (n, 3): azimuth, elevation (degrees), distance
     hrirs = np.stack([np.asarray(f.data, dtype=np.float64).T for f in record.data])  # (n, 2, taps)
     original_rate = int(round(record.samplerate))
-    divisor = np.gcd(sampling_rate, original_rate)
-    hrirs = resample_poly(hrirs, sampling_rate // divisor, original_rate // divisor, axis=-1)
+    count, ears, taps = hrirs.shape
+    hrirs = resample_audio(hrirs.reshape(count * ears, taps), original_rate, sampling_rate).reshape(count, ears, -1)
     return HrirSet(direction_vector(sources[:, 0], sources[:, 1]), hrirs.astype(np.float32), sampling_rate)
 
 

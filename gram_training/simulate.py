@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from feature_extraction_gram import resample_audio
 from gram_io import staged_directory
 from gram_training.rooms import RoomSpec, binaural_rir, foa_rir, load_kemar
 
@@ -49,11 +50,8 @@ def _arcade_assets() -> Path:
 
 
 def _to_mono(audio: np.ndarray, rate: int, sampling_rate: int) -> np.ndarray:
-    from scipy.signal import resample_poly
-
     mono = audio.mean(axis=1) if audio.ndim == 2 else audio
-    divisor = np.gcd(rate, sampling_rate)
-    return resample_poly(mono, sampling_rate // divisor, rate // divisor).astype(np.float32)
+    return resample_audio(mono[None], rate, sampling_rate)[0]
 
 
 def sound_effects(sampling_rate: int = 32000) -> list[tuple[str, str, np.ndarray]]:

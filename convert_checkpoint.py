@@ -311,10 +311,13 @@ def checked_shapes(mapped: dict[str, TensorSpec], config: GramConfig, encoder_on
     return expected
 
 
-def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool):
+def build_model(mapped: dict[str, TensorSpec], config: GramConfig, encoder_only: bool, progress: bool = False):
     """Reads the (validated) tensors and loads them into a real model."""
+    from tqdm.auto import tqdm
+
     expected = checked_shapes(mapped, config, encoder_only)
-    weights = {k: _load_checked(k, mapped[k], shape) for k, shape in expected.items()}
+    names = tqdm(expected, desc="reading weights", unit="tensor", disable=not progress)
+    weights = {k: _load_checked(k, mapped[k], expected[k]) for k in names}
     if encoder_only:
         weights = {k[len("gram.") :]: v for k, v in weights.items()}
     model = (GramModel if encoder_only else GramForPreTraining)(config)
@@ -412,6 +415,7 @@ def convert(
     overwrite: bool = False,
     repo_id: str | None = None,
     dry_run: bool = False,
+    progress: bool = False,
 ) -> tuple[str, list[str]]:
     """Converts `checkpoint` into `output_dir` atomically; returns the output directory and its files.
     With `dry_run`, the conversion is made and verified in a temporary directory that is then removed:
@@ -420,14 +424,24 @@ def convert(
         output = str(check_output_dir(output_dir, [checkpoint], overwrite))
     except OutputDirectoryError as error:
         raise ConversionError(str(error)) from None
-    specs, _ = load_untrusted_checkpoint(checkpoint)
+
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
+    say(f"Reading {checkpoint} (names and shapes only) ...")
+    specs, kind = load_untrusted_checkpoint(checkpoint)
     mapped, derived = map_original_keys(specs)
     config = infer_config(
         mapped, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only
     )
     checked_shapes(mapped, config, encoder_only)
     check_derived_buffers(derived, config)
-    model = build_model(mapped, config, encoder_only)
+    say(
+        f"{kind}: {len(mapped)} weights fit GRAM {config.audio_format}-{config.patching} "
+        f"({config.num_hidden_layers} layers, width {config.hidden_size}); reading them ..."
+    )
+    model = build_model(mapped, config, encoder_only, progress)
     config.architectures = [type(model).__name__]
 
     def write(directory: str) -> list[str]:
@@ -437,6 +451,7 @@ def convert(
         _verify_saved(directory, model)
         return upload_files(directory)
 
+    say("Writing and verifying the directory (reloaded and compared) ...")
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="gram-convert-dry-run-") as scratch:
             return output, write(scratch)
@@ -515,6 +530,7 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="convert and verify in a temporary folder, list the files, write nothing"
     )
     parser.add_argument("--commit-message", default="Upload GRAM converted with convert_checkpoint.py")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
 
 
@@ -532,6 +548,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             overwrite=args.overwrite,
             repo_id=args.push_to_hub,
             dry_run=args.dry_run,
+            progress=not args.quiet,
         )
         if args.dry_run:
             target = f"{args.push_to_hub}{' (private)' if args.private else ''}" if args.push_to_hub else directory

@@ -45,6 +45,20 @@ def requested_device(parser: argparse.ArgumentParser, name: str) -> torch.device
     return device
 
 
+def share_note() -> str:
+    return (
+        "A share above 100 % means the model ran faster than this run's reference matmul: the reference is one\n"
+        "square matmul of the mode's arithmetic, which the model's fused kernels (or a slower machine moment while\n"
+        "the reference ran, on shared machines) can beat; it is a yardstick, not a ceiling."
+    )
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table, as the README shows it."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -195,6 +209,28 @@ def main() -> None:
         )
         report["long_clip"] = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(report, indent=2))
+    rows = [["fp32 matmul rate (2048², best of the run)", f"{report['matmul_fp32_gflops_per_s']:.0f} GFLOP/s"]]
+    for key, value in report["throughput"].items():
+        if isinstance(value, dict):
+            rows.append(
+                [
+                    f"{key.replace('_', ' ')}: clips/s, real-time factor, share of matmul rate",
+                    f"{value['clips_per_s']:.2f} clips/s, {value['real_time_factor']:.1f}× real time, "
+                    f"{100 * value['share_of_fp32_matmul_rate']:.0f} % ({value['encoder_gflops_per_s']:.0f} GFLOP/s)",
+                ]
+            )
+    rows.append(["feature extraction alone", f"{report['throughput']['feature_extraction_clips_per_s']:.0f} clips/s"])
+    if "long_clip" in report:
+        clip = report["long_clip"]
+        rows.append(
+            [
+                f"one {clip['minutes']:g}-minute clip: peak resident memory, time",
+                f"{clip['peak_rss_mib']:.0f} MiB, {clip['seconds']:.0f} s",
+            ]
+        )
+    print()
+    print(table(["measurement", "result"], rows))
+    print(share_note())
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -26,7 +26,14 @@ import tempfile
 import warnings
 
 import torch
-from benchmark_inference import best_time, encoder_flops_per_chunk, matmul_flops_per_second, requested_device
+from benchmark_inference import (
+    best_time,
+    encoder_flops_per_chunk,
+    matmul_flops_per_second,
+    requested_device,
+    share_note,
+    table,
+)
 from scenes import binaural_scene
 from torch import nn
 
@@ -196,6 +203,32 @@ def main() -> None:
             if key.startswith("batch_") and key in fp32:
                 entry[key]["speedup_vs_fp32"] = entry[key]["clips_per_s"] / fp32[key]["clips_per_s"]
     print(json.dumps(report, indent=2))
+    print()
+    rows = []
+    for mode, entry in report["modes"].items():
+        cells = [mode]
+        for batch in args.batch_sizes:
+            run = entry.get(f"batch_{batch}")
+            cells.append(f"{run['clips_per_s']:.2f} ({run['real_time_factor']:.0f}×)" if run else "not measured")
+        last = entry.get(f"batch_{args.batch_sizes[-1]}")
+        cells.append(
+            f"{100 * last['share_of_reference_rate']:.0f} % of {entry['reference_gflops_per_s']:.0f} GFLOP/s"
+            if last
+            else f"reference {entry['reference_gflops_per_s']:.0f} GFLOP/s"
+        )
+        errors = entry.get("accuracy", {})
+        cells.append(" / ".join(f"{errors[s]['relative_error']:.1e}" for s in STRATEGIES) if errors else "0")
+        cells.append(f"{min(errors[s]['min_cosine'] for s in STRATEGIES):.5f}" if errors else "1")
+        rows.append(cells)
+    header = [
+        "mode",
+        *[f"batch {b}: clips/s (× real time)" for b in args.batch_sizes],
+        f"share of its matmul rate (b{args.batch_sizes[-1]})",
+        "rel. error raw / mean / cls",
+        "min cosine",
+    ]
+    print(table(header, rows))
+    print(share_note())
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

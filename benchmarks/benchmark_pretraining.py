@@ -21,7 +21,7 @@ import platform
 import time
 
 import torch
-from benchmark_inference import matmul_flops_per_second, requested_device, synchronize
+from benchmark_inference import matmul_flops_per_second, requested_device, share_note, synchronize, table
 
 from configuration_gram import GramConfig
 from feature_extraction_gram import GramFeatureExtractor
@@ -155,6 +155,25 @@ def main(argv=None) -> dict:
         for run in report["runs"]:
             run["share_of_fp32_matmul_rate"] = run["model_tflops_per_s"] / rate
     print(json.dumps(report, indent=2))
+    print()
+    header = ["size", "mode", "steps/s", "scenes/s", "samples/s", "model FLOP/s"]
+    share = "share_of_fp32_matmul_rate" if device.type == "cpu" else "mfu" if args.peak_tflops else None
+    header += [{"share_of_fp32_matmul_rate": "share of matmul rate", "mfu": "MFU"}[share]] if share else []
+    rows = []
+    for run in report["runs"]:
+        row = [
+            run["size"],
+            run["mode"],
+            f"{run['steps_per_s']:.3g}",
+            f"{run['scenes_per_s']:.3g}",
+            f"{run['samples_per_s']:.3g}",
+            f"{1000 * run['model_tflops_per_s']:.0f} GFLOP/s",
+        ]
+        rows.append(row + ([f"{100 * run[share]:.0f} %"] if share else []))
+    print(table(header, rows))
+    print(f"({args.scenes} scenes x {args.crops} crops per step, {args.steps} timed steps after {args.warmup} warm-up)")
+    if share == "share_of_fp32_matmul_rate":
+        print(share_note())
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)

@@ -53,6 +53,12 @@ def share_note() -> str:
     )
 
 
+def write_json(report: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(report, handle, indent=2)
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     """A markdown table, as the README shows it."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -231,9 +237,7 @@ def main() -> None:
     print()
     print(table(["measurement", "result"], rows))
     print(share_note())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(report, args.json)
 
 
 if __name__ == "__main__":

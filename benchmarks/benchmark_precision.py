@@ -33,6 +33,7 @@ from benchmark_inference import (
     requested_device,
     share_note,
     table,
+    write_json,
 )
 from scenes import binaural_scene
 from torch import nn
@@ -229,9 +230,7 @@ def main() -> None:
     ]
     print(table(header, rows))
     print(share_note())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(report, args.json)
 
 
 if __name__ == "__main__":

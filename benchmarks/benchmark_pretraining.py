@@ -21,7 +21,14 @@ import platform
 import time
 
 import torch
-from benchmark_inference import matmul_flops_per_second, requested_device, share_note, synchronize, table
+from benchmark_inference import (
+    matmul_flops_per_second,
+    requested_device,
+    share_note,
+    synchronize,
+    table,
+    write_json,
+)
 
 from configuration_gram import GramConfig
 from feature_extraction_gram import GramFeatureExtractor
@@ -174,9 +181,7 @@ def main(argv=None) -> dict:
     print(f"({args.scenes} scenes x {args.crops} crops per step, {args.steps} timed steps after {args.warmup} warm-up)")
     if share == "share_of_fp32_matmul_rate":
         print(share_note())
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+    write_json(report, args.json)
     return report
 
 

@@ -266,7 +266,7 @@ def plot_directions(results: list[dict], true_azimuths: np.ndarray, path: Path) 
 # The whole demo
 # ------------------------------------------------------------------------------------------------------
 def pretrain_tiny(audio_format: str, work_dir: Path, steps: int, seed: int) -> Path:
-    from gram_training.simulate import write_pretraining_data
+    from gram_training.simulate import data_arguments, write_pretraining_data
     from gram_training.train import main as train
 
     data = write_pretraining_data(
@@ -284,14 +284,7 @@ def pretrain_tiny(audio_format: str, work_dir: Path, steps: int, seed: int) -> P
             "tiny",
             "--max_steps",
             str(steps),
-            "--audio_dir",
-            str(data / "sources"),
-            "--rir_dir",
-            str(data / "rirs"),
-            "--noise_dir",
-            str(data / "noise"),
-            "--noise_rir_dir",
-            str(data / "noise_rirs"),
+            *data_arguments(data),
             "--per_device_train_batch_size",
             "4",
             "--crops_per_clip",

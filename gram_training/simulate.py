@@ -171,6 +171,13 @@ def write_pretraining_data(
     return Path(output_dir)
 
 
+def data_arguments(data_dir: str | Path) -> list[str]:
+    """The `gram_training.train` arguments that read the material `write_pretraining_data` wrote to `data_dir`."""
+    data = Path(data_dir)
+    return ["--audio_dir", str(data / "sources"), "--rir_dir", str(data / "rirs"),
+            "--noise_dir", str(data / "noise"), "--noise_rir_dir", str(data / "noise_rirs")]  # fmt: skip
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", required=True)

@@ -27,16 +27,7 @@ def offline_data(tmp_path_factory):
 
 
 def _data_args(data):
-    return [
-        "--audio_dir",
-        str(data / "sources"),
-        "--rir_dir",
-        str(data / "rirs"),
-        "--noise_dir",
-        str(data / "noise"),
-        "--noise_rir_dir",
-        str(data / "noise_rirs"),
-    ]
+    return simulate.data_arguments(data)
 
 
 def _small_run(output_dir, steps, extra=()):

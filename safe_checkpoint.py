@@ -45,6 +45,9 @@ MAX_INT_BYTES = 8  # 64-bit: larger ints let a pickle build dict keys whose hash
 # Tuples have deterministic hashes that can be made to collide: inserting n colliding keys costs n^2
 # comparisons, so tuple (and frozenset) keys and set items are few (a checkpoint uses none or a handful).
 MAX_TUPLE_KEYS = 2000
+MAX_KEY_WEIGHT = 100_000  # ... and small in all: comparing two colliding keys visits all their items
+MAX_PICKLE_MEMORY = 512 << 20  # estimated bytes of everything the pickle creates (objects, strings)
+_OBJECT_COST = 64  # rough size of a small Python object, charged per object created
 MAX_SAFETENSORS_HEADER = 16 << 20  # a GRAM checkpoint's header is ~30 kB
 
 
@@ -211,7 +214,9 @@ class _PickleMachine:
         self.depth: dict[int, tuple[int, int]] = {}  # id -> (nesting depth, weight) of tuples/frozensets built here
         self.keep_alive: list[Any] = []  # ids in `depth` stay valid
         self.objects = 0
+        self.memory = 0
         self.tuple_keys = 0
+        self.key_weight = 0
         self.storages: dict[str, _StorageRef] = {}
 
     # -- reading the byte stream --
@@ -252,11 +257,17 @@ class _PickleMachine:
             raise CheckpointError("The checkpoint's pickle has an empty stack where a value is needed.")
         return self.stack[-1]
 
-    def new(self, value):
-        """Counts every object the pickle makes: a few bytes of pickle must not make gigabytes of objects."""
+    def new(self, value, payload: int = 0):
+        """Counts every object the pickle makes, and its estimated memory: a few bytes of pickle must not make
+        gigabytes of objects or strings."""
         self.objects += 1
+        self.memory += _OBJECT_COST + payload
         if self.objects > MAX_OBJECTS:
             raise CheckpointError(f"The checkpoint's pickle creates more than {MAX_OBJECTS} objects.")
+        if self.memory > MAX_PICKLE_MEMORY:
+            raise CheckpointError(
+                f"The checkpoint's pickle would take more than {MAX_PICKLE_MEMORY >> 20} MB of memory."
+            )
         return value
 
     def hashable(self, items, kind: type):
@@ -276,9 +287,17 @@ class _PickleMachine:
         return value
 
     def count_tuple_keys(self, keys) -> None:
-        self.tuple_keys += sum(isinstance(key, (tuple, frozenset)) for key in keys)
-        if self.tuple_keys > MAX_TUPLE_KEYS:
-            raise CheckpointError(f"The checkpoint uses more than {MAX_TUPLE_KEYS} tuples as keys or set items.")
+        """Keys whose hashes a pickle can make collide (tuples, frozensets, value-hashed records) are few, and
+        small in all, so that inserting them stays cheap even when every comparison walks a whole key."""
+        for key in keys:
+            if isinstance(key, (tuple, frozenset, _StorageRef, _TensorRef)):
+                self.tuple_keys += 1
+                self.key_weight += self.depth.get(id(key), (0, 16))[1]
+        if self.tuple_keys > MAX_TUPLE_KEYS or self.key_weight > MAX_KEY_WEIGHT:
+            raise CheckpointError(
+                f"The checkpoint uses more than {MAX_TUPLE_KEYS} tuples (or {MAX_KEY_WEIGHT} tuple items) as keys or "
+                "set items."
+            )
 
     def setitem(self, container, key, value) -> None:
         if isinstance(container, _Inert):
@@ -392,7 +411,7 @@ class _PickleMachine:
                     b"\x8d": lambda: self.unpack("<Q"),
                 }[op]()
                 try:
-                    stack.append(self.take(size).decode("utf-8", "surrogatepass"))
+                    stack.append(self.new(self.take(size).decode("utf-8", "surrogatepass"), 4 * size))
                 except UnicodeDecodeError:
                     raise CheckpointError("The checkpoint holds an invalid UTF-8 string.") from None
             elif op in (b"B", b"C", b"\x8e"):  # BINBYTES, SHORT_BINBYTES, BINBYTES8
@@ -401,10 +420,10 @@ class _PickleMachine:
                     b"C": lambda: self.take(1)[0],
                     b"\x8e": lambda: self.unpack("<Q"),
                 }[op]()
-                stack.append(self.take(size))
+                stack.append(self.new(self.take(size), size))
             elif op in (b"T", b"U"):  # BINSTRING, SHORT_BINSTRING (Python 2 str)
                 size = self.unpack("<i") if op == b"T" else self.take(1)[0]
-                stack.append(self.take(size).decode("latin-1"))
+                stack.append(self.new(self.take(size).decode("latin-1"), size))
             elif op == b")":
                 stack.append(())
             elif op == b"t":
@@ -527,6 +546,27 @@ def sniff_format(path: str) -> str:
     return "unknown"
 
 
+def _check_record_layout(archive: zipfile.ZipFile, names: list[str]) -> None:
+    """Every record's bytes are its own: names are unique and the records' data lie one after another without
+    overlapping (as torch.save writes them). Overlapping entries would let a small file pose as many large
+    records; older Pythons' zipfile (before 3.11.8 / 3.12.2) does not check this itself."""
+    if len(set(names)) != len(names):
+        raise CheckpointError("The archive holds two records with the same name.")
+    infos = sorted(archive.infolist(), key=lambda info: info.header_offset)
+    handle = archive.fp
+    end_of_records = archive.start_dir
+    for info, following in zip(infos, infos[1:] + [None]):
+        handle.seek(info.header_offset)
+        header = handle.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"Record {info.filename[:80]!r} has no valid local header.")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        data_end = info.header_offset + 30 + name_length + extra_length + info.compress_size
+        limit = following.header_offset if following is not None else end_of_records
+        if data_end > limit:
+            raise CheckpointError("The archive's records overlap: not a torch.save checkpoint.")
+
+
 def _zip_root(archive: zipfile.ZipFile) -> str:
     names = archive.namelist()
     if not names or len(names) > MAX_RECORDS:
@@ -535,6 +575,7 @@ def _zip_root(archive: zipfile.ZipFile) -> str:
     if len(roots) != 1 or f"{next(iter(roots))}/data.pkl" not in names:
         raise CheckpointError("The zip archive is not a torch.save checkpoint (no single <root>/data.pkl).")
     root = roots.pop()
+    _check_record_layout(archive, names)
     if any(name.startswith((f"{root}/code/", f"{root}/constants.pkl")) for name in names):
         raise CheckpointError(
             "This is a TorchScript archive (torch.jit.save); save the weights with "

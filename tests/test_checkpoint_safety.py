@@ -554,7 +554,7 @@ def test_removal_of_an_old_output_never_follows_links(tmp_path):
 def test_tuple_keys_memo_growth_and_huge_safetensors_headers_are_bounded(tmp_path):
     # 2,001 tuple keys: tuple hashes can be made to collide, so their number is bounded
     keys = b"".join(b"(J" + struct.pack("<i", i) + b"J\x00\x00\x00\x00tN" for i in range(2001))
-    with pytest.raises(CheckpointError, match="more than 2000 tuples as keys"):
+    with pytest.raises(CheckpointError, match="more than 2000 tuples"):
         read_checkpoint(str(zip_checkpoint(tmp_path / "keys.ckpt", b"\x80\x02}(" + keys + b"u.")))
     # one byte per memo entry (MEMOIZE of the same value)
     with pytest.raises(CheckpointError, match="memo entries"):
@@ -610,3 +610,40 @@ def test_a_marker_nested_too_deep_is_not_ours(tmp_path):
 
     (tmp_path / ".gram-output.json").write_text("[" * 200_000)
     assert gram_io.read_marker(tmp_path) is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the third attack review
+# ----------------------------------------------------------------------------------------------------------
+def test_overlapping_records_are_refused_whatever_the_python_version(tmp_path):
+    """Two central-directory entries pointing at one record's bytes (a small file posing as many large records;
+    Python's zipfile only checks this since 3.11.8)."""
+    path = zip_checkpoint(tmp_path / "x.ckpt", tensor_pickle((4,), (1,), numel=4), {"0": b"\0" * 16, "1": b"\0" * 16})
+    raw = bytearray(path.read_bytes())
+    offsets = {}
+    start = 0
+    while (start := raw.find(b"PK\x01\x02", start)) >= 0:  # central directory entries
+        name_length = struct.unpack("<H", raw[start + 28 : start + 30])[0]
+        offsets[bytes(raw[start + 46 : start + 46 + name_length])] = start
+        start += 4
+    record_0 = struct.unpack("<I", raw[offsets[b"archive/data/0"] + 42 :][:4])[0]
+    raw[offsets[b"archive/data/1"] + 42 : offsets[b"archive/data/1"] + 46] = struct.pack("<I", record_0)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="records overlap"):
+        read_checkpoint(str(path))
+
+
+def test_heavy_tuple_keys_and_many_strings_are_bounded(tmp_path):
+    import time
+
+    # 20 keys (T, i) sharing one 9,000-item tuple T: few keys, but each comparison would walk all of T
+    big = b"(" + b"N" * 9000 + b"tq\x00"
+    keys = b"".join(b"h\x00J" + struct.pack("<i", i) + b"\x86N" for i in range(20))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="100000 tuple items"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "keys.ckpt", b"\x80\x02" + big + b"0}(" + keys + b"u.")))
+    # 1.1 M two-character strings: objects (and their memory) are counted like containers
+    strings = b"\x8c\x02ab0" * 1_100_000
+    with pytest.raises(CheckpointError, match="more than 1000000 objects"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "strings.ckpt", b"\x80\x04" + strings + b"N.")))
+    assert time.perf_counter() - start < 30

@@ -531,7 +531,16 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--commit-message", default="Upload GRAM converted with convert_checkpoint.py")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag, value in (("--num-attention-heads", args.num_attention_heads),
+                        ("--decoder-num-attention-heads", args.decoder_num_attention_heads)):  # fmt: skip
+        if not 1 <= value <= 256:
+            parser.error(f"{flag} must be in [1, 256], got {value}")
+    if args.quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    return args
 
 
 def main(argv: Iterable[str] | None = None) -> int:

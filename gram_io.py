@@ -134,7 +134,8 @@ class OutputDirectoryError(ValueError):
 def printable(text: str, limit: int = 2000) -> str:
     """`text` safe to print on a terminal: control characters (escape sequences from file names or checkpoint
     keys) shown escaped, and the length bounded."""
-    cleaned = "".join(ch if ch.isprintable() or ch == "\n" else ascii(ch)[1:-1] for ch in str(text)[: limit + 1])
+    # Newlines too: an error is one line, and a name from a file must not print a fake line after it.
+    cleaned = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text)[: limit + 1])
     return cleaned if len(cleaned) <= limit else cleaned[:limit] + " ..."
 
 
@@ -145,6 +146,27 @@ def _files_under(directory: Path) -> set[str]:
         for name in files + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
             found.add(os.path.relpath(os.path.join(base, name), directory))
     return found
+
+
+def _entries_under(directory: Path) -> set[str]:
+    """`_files_under` plus the (real) folders: an empty folder of the user's is theirs too."""
+    found = _files_under(directory)
+    for base, dirs, _ in os.walk(directory):
+        found.update(
+            os.path.relpath(os.path.join(base, d), directory) for d in dirs if not os.path.islink(os.path.join(base, d))
+        )
+    return found
+
+
+def _folders_of(files: Iterable[str]) -> set[str]:
+    """Every folder that holds one of `files` (relative paths), at any depth."""
+    folders = set()
+    for name in files:
+        parent = os.path.dirname(name)
+        while parent:
+            folders.add(parent)
+            parent = os.path.dirname(parent)
+    return folders
 
 
 def read_marker(directory: str | os.PathLike) -> dict | None:
@@ -200,7 +222,7 @@ def check_output_dir(
     if path.exists() or os.path.lexists(path):
         if not path.is_dir():
             raise OutputDirectoryError(f"{path} exists and is not a directory.")
-        existing = _files_under(path)
+        existing = _entries_under(path)
         if existing:
             if not overwrite:
                 hint = f"pass {overwrite_flag} to replace it" if overwrite_flag else "choose a new or empty directory"
@@ -211,10 +233,11 @@ def check_output_dir(
                     f"{path} holds files that no GRAM command wrote (it has no valid {OUTPUT_MARKER}); it is not replaced. "
                     "Choose another directory or move those files."
                 )
-            foreign = sorted(existing - set(marker["files"]) - {OUTPUT_MARKER})
+            ours = set(marker["files"]) | _folders_of(marker["files"]) | {OUTPUT_MARKER}
+            foreign = sorted(existing - ours)
             if foreign:
                 raise OutputDirectoryError(
-                    f"{path} holds files the previous {marker.get('tool', 'GRAM')} run did not write: "
+                    f"{path} holds files the previous {printable(marker.get('tool', 'GRAM'), 40)} run did not write: "
                     f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; move them first."
                 )
     parent = path.parent
@@ -250,11 +273,18 @@ def _remove_own_files(directory: Path, files: Iterable[str]) -> None:
     present = _files_under(directory)
     for name in sorted((set(files) & present) | ({OUTPUT_MARKER} & present)):
         os.unlink(directory / name)
-    for base, _, _ in sorted(os.walk(directory), key=lambda entry: -len(entry[0])):
-        try:
-            os.rmdir(base)
-        except OSError:
-            pass
+    # Only the folders that held listed files, deepest first, then the directory itself (if empty by now).
+    for folder in sorted(_folders_of(files), key=lambda name: -name.count(os.sep)):
+        target = directory / folder
+        if target.is_dir() and not target.is_symlink():
+            try:
+                os.rmdir(target)
+            except OSError:
+                pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
     if directory.exists():
         logger.warning("Left %s in place: it holds files this command did not write.", directory)
 

@@ -79,6 +79,7 @@ class TensorSpec:
     _load: Callable[[], torch.Tensor]
     record: str | None = None  # the archive record holding its bytes (zip checkpoints)
     record_bytes: int = 0
+    span: tuple[int, int] | None = None  # the elements of the record it covers, [first, last + 1)
 
     def load(self) -> torch.Tensor:
         try:
@@ -364,6 +365,12 @@ class _PickleMachine:
         while True:
             if self.pos >= len(data):
                 raise CheckpointError("The checkpoint's pickle ends without STOP.")
+            # Every opcode holds at least a reference somewhere (stack, memo, a container): charged too.
+            self.memory += 24
+            if self.memory > MAX_PICKLE_MEMORY:
+                raise CheckpointError(
+                    f"The checkpoint's pickle would take more than {MAX_PICKLE_MEMORY >> 20} MB of memory."
+                )
             op = data[self.pos : self.pos + 1]
             self.pos += 1
             stack = self.stack
@@ -642,7 +649,9 @@ def _zip_specs(path: str) -> dict[str, Any]:
             return view.clone(memory_format=torch.contiguous_format)
 
         size = ref.storage.numel * torch.empty((), dtype=ref.storage.dtype).element_size()
-        return TensorSpec(torch.Size(ref.shape), ref.storage.dtype, load, ref.storage.key, size)
+        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+        span = (ref.offset, last + 1) if math.prod(ref.shape) else None
+        return TensorSpec(torch.Size(ref.shape), ref.storage.dtype, load, ref.storage.key, size, span)
 
     # Only the state dict is turned into specs: the rest (hyper-parameters, loop and optimizer state) stays
     # inert data that is dropped, and nothing is walked recursively.
@@ -710,13 +719,13 @@ def read_checkpoint(path: str) -> tuple[dict[str, TensorSpec], str]:
         obj = _zip_specs(path)
     except CheckpointError:
         raise
-    except Exception as error:  # safetensors header errors and the like
+    except Exception as error:  # safetensors header errors and the like (their text may quote the file: escaped later)
         raise CheckpointError(f"{type(error).__name__}: {error}") from None
     description = "torch.save zip archive"
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj, description = obj["state_dict"], description + ", Lightning checkpoint"
     if not isinstance(obj, dict) or not obj:
-        found = obj.origin if isinstance(obj, _Inert) else type(obj).__name__
+        found = repr(obj.origin[:80]) if isinstance(obj, _Inert) else type(obj).__name__
         raise CheckpointError(f"The file holds no state dict (found {found}).")
     bad_keys = [key for key in obj if not isinstance(key, str)]
     if bad_keys:
@@ -726,6 +735,17 @@ def read_checkpoint(path: str) -> tuple[dict[str, TensorSpec], str]:
         raise CheckpointError(f"The state dict has entries that are not tensors: {[k[:80] for k in others[:10]]}")
     # Views are non-overlapping one by one; across tensors, the weights may not hold more bytes than the records
     # they come from (else a small file could pose as a huge model by reusing one record for every weight).
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for spec in obj.values():
+        if spec.record is not None and spec.span is not None:
+            spans.setdefault(spec.record, []).append(spec.span)
+    for record, intervals in spans.items():
+        intervals.sort()
+        if any(start < previous_end for (_, previous_end), (start, _) in zip(intervals, intervals[1:])):
+            raise CheckpointError(
+                f"Two weights read the same bytes of record {record}: weights share storage, which GRAM "
+                "checkpoints never do."
+            )
     records = {spec.record: spec.record_bytes for spec in obj.values() if spec.record is not None}
     declared = sum(
         spec.shape.numel() * torch.empty((), dtype=spec.dtype).element_size()

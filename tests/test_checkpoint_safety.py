@@ -571,7 +571,7 @@ def test_weights_sharing_one_record_are_refused(tmp_path, capsys):
     state["encoder.layers.encoder_layer_1.mlp.0.weight"] = shared  # two weights, one record of the file
     torch.save({"state_dict": state}, tmp_path / "shared.pt")
     code, err = run_converter(capsys, tmp_path / "shared.pt", tmp_path / "out")
-    assert code == 2 and "tensors share storage" in err
+    assert code == 2 and "weights share storage" in err
 
 
 def test_float64_values_beyond_float32_are_refused(tmp_path, capsys):
@@ -647,3 +647,33 @@ def test_heavy_tuple_keys_and_many_strings_are_bounded(tmp_path):
     with pytest.raises(CheckpointError, match="more than 1000000 objects"):
         read_checkpoint(str(zip_checkpoint(tmp_path / "strings.ckpt", b"\x80\x04" + strings + b"N.")))
     assert time.perf_counter() - start < 30
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the fourth attack review
+# ----------------------------------------------------------------------------------------------------------
+def test_error_lines_cannot_print_fake_lines(tmp_path, capsys):
+    # a global whose module name holds a newline, reduced to a placeholder that comes back in the message
+    payload = b"\x80\x04" + unicode("x\nConverted /etc/passwd -> /tmp/x") + unicode("y") + b"\x93)R."
+    code, err = run_converter(capsys, zip_checkpoint(tmp_path / "x.ckpt", payload), tmp_path / "out")
+    assert code == 2 and "\nConverted" not in err and "\\nConverted" in err
+
+
+def test_two_weights_viewing_the_same_bytes_are_refused(tmp_path):
+    big = torch.arange(128.0)
+    torch.save({"a": big[:64], "b": big[:64]}, tmp_path / "views.pt")
+    with pytest.raises(CheckpointError, match="read the same bytes"):
+        read_checkpoint(str(tmp_path / "views.pt"))
+
+
+def test_head_count_flags_are_bounded_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", "x", "--output-dir", str(tmp_path / "o"), "--decoder-num-attention-heads", str(10**12)])
+    assert exit_info.value.code == 2 and "must be in [1, 256]" in capsys.readouterr().err
+
+
+def test_empty_folders_of_the_user_count_as_content(tmp_path, capsys):
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    (tmp_path / "out" / "keep" / "me").mkdir(parents=True)
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "out")
+    assert code == 2 and "exists and is not empty" in err and (tmp_path / "out" / "keep" / "me").is_dir()

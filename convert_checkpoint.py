@@ -392,7 +392,8 @@ def write_model_card(directory: str, config: GramConfig, repo_id: str, source: s
         sha256=sha256,
         repo_id=repo_id,
     )
-    with open(os.path.join(directory, "README.md"), "w") as f:
+    # Names from the command line may not be valid UTF-8 (surrogate-escaped bytes): written escaped.
+    with open(os.path.join(directory, "README.md"), "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(card)
 
 
@@ -427,7 +428,7 @@ def convert(
 
     def say(message: str) -> None:
         if progress:
-            print(message, file=sys.stderr, flush=True)
+            print(printable(message), file=sys.stderr, flush=True)
 
     say(f"Reading {checkpoint} (names and shapes only) ...")
     specs, kind = load_untrusted_checkpoint(checkpoint)
@@ -561,12 +562,16 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
         if args.dry_run:
             target = f"{args.push_to_hub}{' (private)' if args.private else ''}" if args.push_to_hub else directory
-            print(f"Dry run: {args.checkpoint} converts and verifies; nothing was written. Would write to {target}:")
+            print(
+                printable(
+                    f"Dry run: {args.checkpoint} converts and verifies; nothing was written. Would write to {target}:"
+                )
+            )
         else:
-            print(f"Converted {args.checkpoint} -> {directory}")
+            print(printable(f"Converted {args.checkpoint} -> {directory}"))
             if args.push_to_hub:
                 files = push_to_hub(directory, args.push_to_hub, args.private, args.commit_message)
-                print(f"Uploaded to {args.push_to_hub}{' (private)' if args.private else ''}:")
+                print(printable(f"Uploaded to {args.push_to_hub}{' (private)' if args.private else ''}:"))
         if args.dry_run or args.push_to_hub:
             for name in files:
                 print(f"  {name}")

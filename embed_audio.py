@@ -35,6 +35,7 @@ from gram_io import (
     AUDIO_EXTENSIONS,
     OutputDirectoryError,
     check_output_dir,
+    find_audio_files,
     is_regular_file,
     printable,
     read_audio,
@@ -51,7 +52,7 @@ class AudioFile:
     relative: str  # output name: the input's own name, then the path below it
 
 
-def find_audio_files(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str, str]]]:
+def resolve_inputs(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str, str]]]:
     """Audio files of `inputs` with collision-free output names; raises ValueError when two inputs share a
     name (before anything is read or written)."""
     files, skipped, seen = [], [], set()
@@ -63,17 +64,12 @@ def find_audio_files(inputs: list[str]) -> tuple[list[AudioFile], list[tuple[str
             continue
         name = os.path.basename(os.path.normpath(os.path.abspath(item)))
         if os.path.isdir(item):
-            found = []
-            for base, dirs, names in os.walk(item):
-                dirs.sort()
-                for entry in sorted(names):
-                    path = os.path.join(base, entry)
-                    if not entry.lower().endswith(AUDIO_EXTENSIONS):
-                        continue
-                    if not is_regular_file(path):
-                        skipped.append((path, "not a regular file"))
-                        continue
-                    found.append(AudioFile(path, os.path.join(name, os.path.relpath(path, item))))
+            not_regular: list = []
+            found = [
+                AudioFile(str(path), os.path.join(name, os.path.relpath(path, item)))
+                for path in find_audio_files(item, AUDIO_EXTENSIONS, not_regular)
+            ]
+            skipped += [(str(path), "not a regular file") for path in not_regular]
         elif os.path.exists(item):
             if not is_regular_file(item):
                 skipped.append((item, "not a regular file"))
@@ -151,7 +147,7 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
 
     # Everything that can be refused is refused before the first file is read or anything is written.
     check_output_dir(args.output_dir, args.inputs, args.overwrite)
-    files, skipped = find_audio_files(args.inputs)
+    files, skipped = resolve_inputs(args.inputs)
     model, extractor = load_model(args)
     done = 0
     try:

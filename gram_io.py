@@ -60,12 +60,21 @@ def is_regular_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def find_audio_files(folder: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[Path]:
+def find_audio_files(
+    folder: str | os.PathLike, extensions: Iterable[str] = AUDIO_EXTENSIONS, not_regular: list[Path] | None = None
+) -> list[Path]:
     """Regular files with one of `extensions` (any case) under `folder`, recursively, sorted (so every process of
-    a job sees the same order)."""
+    a job sees the same order). Matching names that are not regular files (pipes, sockets...) are left out, and
+    collected in `not_regular` when given."""
     extensions = tuple(e.lower() for e in extensions)
-    root = Path(folder)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and is_regular_file(p))
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() in extensions and not path.is_dir():
+            if is_regular_file(path):
+                found.append(path)
+            elif not_regular is not None:
+                not_regular.append(path)
+    return found
 
 
 def check_audio(audio, name: str = "", sets: bool = False) -> np.ndarray:
@@ -233,12 +242,14 @@ def check_output_dir(
                     f"{path} holds files that no GRAM command wrote (it has no valid {OUTPUT_MARKER}); it is not replaced. "
                     "Choose another directory or move those files."
                 )
-            ours = set(marker["files"]) | _folders_of(marker["files"]) | {OUTPUT_MARKER}
-            foreign = sorted(existing - ours)
+            files = _files_under(path)
+            listed = set(marker["files"])
+            # files must be listed files; folders must hold listed files (a listed name that is a folder is not ours)
+            foreign = sorted((files - listed - {OUTPUT_MARKER}) | (existing - files - _folders_of(listed)))
             if foreign:
                 raise OutputDirectoryError(
-                    f"{path} holds files the previous {printable(marker.get('tool', 'GRAM'), 40)} run did not write: "
-                    f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; move them first."
+                    f"{printable(path)} holds files the previous {printable(marker.get('tool', 'GRAM'), 40)} run did not write: "
+                    f"{printable(', '.join(foreign[:5]), 400)}{' ...' if len(foreign) > 5 else ''}; move them first."
                 )
     parent = path.parent
     while not parent.exists():
@@ -339,7 +350,8 @@ def staged_directory(
     inputs = list(inputs)
     path = check_output_dir(output_dir, inputs, overwrite, overwrite_flag)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stale = sorted(path.parent.glob(f".{path.name}.staging-*"))
+    prefix = f".{path.name}.staging-"  # a plain prefix match: the name may hold glob characters
+    stale = sorted(path.parent / name for name in os.listdir(path.parent) if name.startswith(prefix))
     if stale:  # left by a killed run (kill -9 cannot be cleaned up after); not deleted: say where they are
         logger.warning(
             "Found %d staging folder(s) of an interrupted earlier run, e.g. %s; delete them when no "

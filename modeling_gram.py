@@ -407,6 +407,14 @@ class GramPreTrainedModel(PreTrainedModel):
             module.bias_index.copy_(index)
             module.window_mask.copy_(allowed)
 
+    def set_attn_implementation(self, attn_implementation) -> None:
+        """`PreTrainedModel.set_attn_implementation`, also for the decoder, whose layers hold a copy of the config
+        (with the decoder's sizes) that transformers does not know about."""
+        super().set_attn_implementation(attn_implementation)
+        for module in self.modules():
+            if isinstance(module, GramDecoder):
+                module.layer_config._attn_implementation = self.config._attn_implementation
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus the three remote-code files, so the directory loads with
         `trust_remote_code=True` on its own (also offline). With `push_to_hub=True` the upload goes through
@@ -764,7 +772,7 @@ class GramDecoder(nn.Module):
         self.decoder_embed = nn.Linear(config.hidden_size, size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, size))
         self.register_buffer("position_embeddings", self.sincos_table(config), persistent=True)  # fixed, saved
-        layer_config = decoder_config(config)
+        self.layer_config = layer_config = decoder_config(config)
         self.layers = nn.ModuleList(
             [GramLayer(layer_config, GramWindowedSelfAttention) for _ in range(config.decoder_num_hidden_layers)]
         )

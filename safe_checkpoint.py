@@ -39,6 +39,7 @@ MAX_NESTING = 100
 MAX_HASHABLE_WEIGHT = 10_000  # items of a tuple/frozenset counted with repetition: bounds hashing a DAG
 MAX_OBJECTS = 1_000_000  # containers, placeholders and names the pickle may create
 MAX_RECORDS = 200_000
+MAX_STATE_ENTRIES = 100_000  # a ViT-B GRAM state dict has ~300
 MAX_TENSOR_ELEMENTS = 1 << 28  # 1 GiB of float32
 MAX_TENSOR_DIMS = 8
 MAX_INT_BYTES = 8  # 64-bit: larger ints let a pickle build dict keys whose hashes all collide
@@ -306,6 +307,7 @@ class _PickleMachine:
         if type(container) not in (dict, _StateDict):
             raise CheckpointError(f"The checkpoint's pickle sets items on a {type(container).__name__}.")
         self.count_tuple_keys([key])
+        self.memory += 2 * _OBJECT_COST  # the entry itself (a hash slot and references)
         try:
             container[key] = value
         except TypeError:
@@ -654,7 +656,14 @@ def _zip_specs(path: str) -> dict[str, Any]:
         return TensorSpec(torch.Size(ref.shape), ref.storage.dtype, load, ref.storage.key, size, span)
 
     # Only the state dict is turned into specs: the rest (hyper-parameters, loop and optimizer state) stays
-    # inert data that is dropped, and nothing is walked recursively.
+    # inert data that is dropped, and nothing is walked recursively. Its size and keys are checked first: a spec
+    # costs far more than the few pickle bytes an entry may take.
+    state = obj.get("state_dict") if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) else obj
+    if isinstance(state, dict):
+        if len(state) > MAX_STATE_ENTRIES:
+            raise CheckpointError(f"The state dict has {len(state)} entries, more than {MAX_STATE_ENTRIES}.")
+        if not all(isinstance(key, str) for key in state):
+            raise CheckpointError("The state dict has keys that are not strings.")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = {**obj, "state_dict": _specs_of(obj["state_dict"], spec)}
     elif isinstance(obj, dict):

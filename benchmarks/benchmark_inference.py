@@ -36,11 +36,12 @@ def requested_device(parser: argparse.ArgumentParser, name: str) -> torch.device
     try:
         device = torch.device(name)
     except RuntimeError:
-        parser.error(f"--device {name!r} is not a device (try cpu or cuda).")
+        parser.exit(2, f"{parser.prog}: error: --device {name!r} is not a device (try cpu or cuda).\n")
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            f"--device {name}: no CUDA GPU is available on this machine (torch {torch.__version__}, CUDA "
-            f"build: {torch.version.cuda or 'none'}). Run on a GPU machine, or use --device cpu."
+        parser.exit(
+            2,
+            f"{parser.prog}: error: --device {name}: no CUDA GPU is available on this machine (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Run on a GPU machine, or use --device cpu.\n",
         )
     return device
 

@@ -27,7 +27,7 @@ import numpy as np
 import soundfile
 
 from feature_extraction_gram import resample_audio
-from gram_io import staged_directory
+from gram_io import read_audio, staged_directory
 from gram_training.rooms import RoomSpec, binaural_rir, foa_rir, load_kemar
 
 SENTENCES = (
@@ -50,16 +50,15 @@ def _arcade_assets() -> Path:
 
 
 def _to_mono(audio: np.ndarray, rate: int, sampling_rate: int) -> np.ndarray:
-    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
-    return resample_audio(mono[None], rate, sampling_rate)[0]
+    """Synthesised speech `(samples,)` at `rate`, resampled (files are read with gram_io.read_audio)."""
+    return resample_audio(audio[None], rate, sampling_rate)[0]
 
 
 def sound_effects(sampling_rate: int = 32000) -> list[tuple[str, str, np.ndarray]]:
     """`(name, kind, mono audio)` of arcade's wav effects; the kind is the name without its number."""
     effects = []
     for path in sorted((_arcade_assets() / "sounds").glob("*.wav")):
-        audio, rate = soundfile.read(path, dtype="float32")
-        effects.append((path.stem, re.sub(r"\d+$", "", path.stem), _to_mono(audio, rate, sampling_rate)))
+        effects.append((path.stem, re.sub(r"\d+$", "", path.stem), read_audio(path, sampling_rate).mean(axis=0)))
     return effects
 
 
@@ -67,8 +66,7 @@ def music_segments(sampling_rate: int = 32000, seconds: float = 10.0) -> list[np
     """Arcade's music tracks cut into mono `seconds`-long segments."""
     length, segments = int(seconds * sampling_rate), []
     for path in sorted((_arcade_assets() / "music").glob("*.mp3")):
-        audio, rate = soundfile.read(path, dtype="float32")
-        mono = _to_mono(audio, rate, sampling_rate)
+        mono = read_audio(path, sampling_rate).mean(axis=0)
         segments += [mono[start : start + length] for start in range(0, len(mono) - length + 1, length)]
     return segments
 

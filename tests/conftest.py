@@ -9,7 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from reference_gram import OriginalGramEncoder  # noqa: E402
+from reference_gram import OriginalGram, OriginalGramEncoder  # noqa: E402
 
 from configuration_gram import GramConfig  # noqa: E402
 from convert_checkpoint import map_original_keys  # noqa: E402
@@ -54,6 +54,39 @@ def model_pair(config: GramConfig, seed: int = 0):
     return model, original
 
 
+def original_pretraining_model(config: GramConfig, seed: int = 0) -> OriginalGram:
+    """The original GRAMT (encoder + MW-MAE decoder) of `config`'s sizes, randomly initialised, with
+    relative-position biases large enough that a wrong mapping shows."""
+    torch.manual_seed(seed)
+    original = OriginalGram(
+        in_channels=config.num_channels,
+        fshape=config.patch_size[0],
+        tshape=config.patch_size[1],
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
+        mlp=config.intermediate_size,
+        decoder_dim=config.decoder_hidden_size,
+        decoder_depth=config.decoder_num_hidden_layers,
+        decoder_heads=config.decoder_num_attention_heads,
+        window_sizes=config.decoder_window_sizes,
+    ).eval()
+    with torch.no_grad():
+        for name, p in original.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.normal_(0.0, 0.5)
+    return original
+
+
+def make_original(variant: str, seed: int = 0) -> OriginalGram:
+    """The tiny original GRAMT of a variant (the converter's tests export it as checkpoints)."""
+    return original_pretraining_model(tiny_pretraining_config(variant), seed)
+
+
+# The converter's flag for the tiny models' head count (not visible in the weights).
+HEADS = ["--num-attention-heads", str(TINY["num_attention_heads"])]
+
+
 def package_state_from_original(original_state: dict, prefix: str = "") -> dict:
     """The original GRAMT's weights under this package's names, through the converter's one key table
     (test_convert_checkpoint cross-checks that table against an independent mapping); with `prefix`, only the
@@ -80,3 +113,20 @@ def audio_clips():
         return torch.stack(signals)
 
     return make
+
+
+class FakeHubApi:
+    """Stands in for huggingface_hub.HfApi: records calls and what the folder held at upload time."""
+
+    calls = []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
+        self.calls.append(("create_repo", repo_id, private, exist_ok, repo_type))
+
+    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None, ignore_patterns=None):
+        import fnmatch
+
+        uploaded = [
+            n for n in sorted(os.listdir(folder_path)) if not any(fnmatch.fnmatch(n, p) for p in ignore_patterns or [])
+        ]
+        self.calls.append(("upload_folder", repo_id, uploaded, repo_type))

@@ -13,9 +13,8 @@ import zipfile
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import HEADS, make_original
 from safetensors.torch import save_file
-from test_convert_checkpoint import HEADS, make_original
 
 import convert_checkpoint
 import safe_checkpoint
@@ -413,7 +412,7 @@ def test_interrupts_leave_the_old_or_the_new_output_complete(sig, tmp_path):
 
     output = tmp_path / "out"
     script = INTERRUPTIBLE.format(output=str(output))
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = dict(os.environ)  # gram_io from the installed package (make setup installs it editable)
     subprocess.run([sys.executable, "-c", script], check=True, env=env)  # a complete previous output
     for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4):
         process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL, env=env)
@@ -677,3 +676,44 @@ def test_empty_folders_of_the_user_count_as_content(tmp_path, capsys):
     (tmp_path / "out" / "keep" / "me").mkdir(parents=True)
     code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "out")
     assert code == 2 and "exists and is not empty" in err and (tmp_path / "out" / "keep" / "me").is_dir()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the fifth attack review
+# ----------------------------------------------------------------------------------------------------------
+def test_state_dict_size_and_keys_are_checked_before_building_specs(tmp_path):
+    import time
+
+    # 120,000 entries all naming one memoised tensor: ~7 pickle bytes each, far more to describe
+    entry = b"h\x01"
+    body = b"".join(b"J" + struct.pack("<i", i) + entry for i in range(120_000))
+    tensor = tensor_pickle((4,), (1,), numel=4)[10:-2]  # the REDUCE of the tensor, without the dict around it
+    payload = b"\x80\x02}q\x00(" + unicode("w") + tensor + b"q\x01" + body + b"u."
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="entries, more than 100000|not strings"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "many.ckpt", payload, {"0": b"\0" * 16})))
+    assert time.perf_counter() - start < 20
+
+
+def test_odd_names_never_crash_or_print_fake_lines(tmp_path, capsys):
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "o**x")  # glob characters in the name
+    assert code == 0 and (tmp_path / "o**x" / "model.safetensors").exists()
+    odd = tmp_path / "x\nerror: fake\x1b[31m.pt"
+    os.rename(tmp_path / "ckpt.pt", odd)
+    code = main(["--checkpoint", str(odd), "--output-dir", str(tmp_path / "o2"), *HEADS])
+    captured = capsys.readouterr()
+    assert (
+        code == 0 and "\nerror: fake" not in captured.out + captured.err and "\x1b" not in captured.out + captured.err
+    )
+
+
+def test_a_marker_cannot_claim_a_users_empty_folder(tmp_path, capsys):
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    output = tmp_path / "out"
+    assert run_converter(capsys, tmp_path / "ckpt.pt", output)[0] == 0
+    (output / "userempty").mkdir()
+    marker = json.loads((output / ".gram-output.json").read_text())
+    (output / ".gram-output.json").write_text(json.dumps({**marker, "files": [*marker["files"], "userempty"]}))
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", output, "--overwrite")
+    assert code == 2 and "did not write: userempty" in err and (output / "userempty").is_dir()

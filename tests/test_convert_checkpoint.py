@@ -8,47 +8,21 @@ import pickle
 
 import pytest
 import torch
-from conftest import TINY, relative_error
-from reference_gram import OriginalGram, original_features, original_runtime_encode, original_scene_embedding
+from conftest import HEADS, TINY, FakeHubApi, make_original, relative_error
+from reference_gram import original_features, original_runtime_encode, original_scene_embedding
 from safetensors.torch import save_file
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 import convert_checkpoint
+from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS
 from convert_checkpoint import main
+from feature_extraction_gram import AUDIO_CHANNELS_FOR_FEATURES
 
-AUDIO_CHANNELS = {1: 1, 2: 2, 7: 4}
-VARIANT_SHAPES = {  # (feature channels, patch f, patch t, decoder windows)
-    "binaural-frame": (2, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]),
-    "binaural-time": (2, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0]),
-    "ambisonics-frame": (7, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]),
-    "ambisonics-time": (7, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0]),
-    "mono-frame": (1, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]),
-    "mono-time": (1, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0]),
+VARIANT_SHAPES = {  # (feature channels, patch f, patch t, decoder windows), from the configuration's tables
+    f"{fmt}-{patching}": (channels, *size, windows)
+    for fmt, channels in GRAM_FORMATS.items()
+    for patching, (size, windows) in GRAM_PATCHINGS.items()
 }
-HEADS = ["--num-attention-heads", str(TINY["num_attention_heads"])]
-
-
-def make_original(variant, seed=0):
-    channels, fshape, tshape, windows = VARIANT_SHAPES[variant]
-    torch.manual_seed(seed)
-    original = OriginalGram(
-        in_channels=channels,
-        fshape=fshape,
-        tshape=tshape,
-        hidden=TINY["hidden_size"],
-        layers=TINY["num_hidden_layers"],
-        heads=TINY["num_attention_heads"],
-        mlp=TINY["intermediate_size"],
-        decoder_dim=32,
-        decoder_depth=2,
-        decoder_heads=8,
-        window_sizes=windows,
-    ).eval()
-    with torch.no_grad():
-        for name, p in original.named_parameters():
-            if name.endswith("relative_position_bias_table"):
-                p.normal_(0.0, 0.5)
-    return original
 
 
 class Payload:
@@ -142,7 +116,7 @@ def test_conversion_reproduces_the_original(variant, source, tmp_path, audio_cli
 
     model = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
     extractor = AutoFeatureExtractor.from_pretrained(output, trust_remote_code=True)
-    audio = audio_clips_for(AUDIO_CHANNELS[channels], 4.5)
+    audio = audio_clips_for(AUDIO_CHANNELS_FOR_FEATURES[channels], 4.5)
     features = extractor(audio, sampling_rate=32000, return_tensors="pt")["input_values"]
     expected_features = original_features([audio], channels)
     assert relative_error(features, expected_features) < 1e-5
@@ -293,23 +267,6 @@ def test_encoder_only_checkpoint(tmp_path, audio_clips_for, capsys):
             )
             < 1e-4
         )
-
-
-class FakeHubApi:
-    """Stands in for huggingface_hub.HfApi: records calls and what the folder held at upload time."""
-
-    calls = []
-
-    def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
-        self.calls.append(("create_repo", repo_id, private, exist_ok, repo_type))
-
-    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None, ignore_patterns=None):
-        import fnmatch
-
-        uploaded = [
-            n for n in sorted(os.listdir(folder_path)) if not any(fnmatch.fnmatch(n, p) for p in ignore_patterns or [])
-        ]
-        self.calls.append(("upload_folder", repo_id, uploaded, repo_type))
 
 
 def test_push_to_hub_and_dry_run(tmp_path, monkeypatch, capsys):

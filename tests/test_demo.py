@@ -56,7 +56,7 @@ def _run(args):
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT},
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
 
 

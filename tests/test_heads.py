@@ -284,3 +284,14 @@ def test_windowed_decoder_attention_never_hands_its_bias_to_flash_attention(monk
         got, _ = eager(x)
     assert "flash_attention_2" not in requested and "sdpa" in requested
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_switching_the_attention_implementation_reaches_the_decoder():
+    from modeling_gram import GramForPreTraining
+
+    model = GramForPreTraining(tiny_pretraining_config("binaural-time"))
+    model.set_attn_implementation("eager")
+    implementations = {layer.attention.config._attn_implementation for layer in model.decoder.layers}
+    assert model.config._attn_implementation == "eager" and implementations == {"eager"}
+    model.set_attn_implementation("sdpa")
+    assert {layer.attention.config._attn_implementation for layer in model.decoder.layers} == {"sdpa"}

@@ -7,11 +7,9 @@ import torch
 from conftest import STRATEGIES, VARIANTS, model_pair, relative_error, tiny_config
 from reference_gram import original_features, original_runtime_encode, original_scene_embedding
 
-from configuration_gram import GramConfig
+from configuration_gram import AUDIO_CHANNELS, GramConfig
 from feature_extraction_gram import GramFeatureExtractor
 from modeling_gram import GramModel
-
-AUDIO_CHANNELS = {"binaural": 2, "ambisonics": 4, "mono": 1}
 
 
 def features_for(variant, audio_clips, seconds):

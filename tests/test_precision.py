@@ -7,10 +7,8 @@ import torch
 from conftest import STRATEGIES, VARIANTS, relative_error, tiny_config
 from transformers import AutoModel
 
-from feature_extraction_gram import GramFeatureExtractor
+from feature_extraction_gram import AUDIO_CHANNELS_FOR_FEATURES, GramFeatureExtractor
 from modeling_gram import GramModel
-
-AUDIO_CHANNELS = {1: 1, 2: 2, 7: 4}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,7 @@ def test_bf16_weights_track_fp32_for_every_strategy(variant, saved_models, audio
     fp32 = AutoModel.from_pretrained(saved_models[variant], trust_remote_code=True).eval()
     bf16 = AutoModel.from_pretrained(saved_models[variant], trust_remote_code=True, dtype=torch.bfloat16).eval()
     channels = fp32.config.num_channels
-    audio = audio_clips(AUDIO_CHANNELS[channels], 3.3)
+    audio = audio_clips(AUDIO_CHANNELS_FOR_FEATURES[channels], 3.3)
     inputs = GramFeatureExtractor(num_channels=channels)(audio, sampling_rate=32000, return_tensors="pt")
     seen = {}
     conv = bf16.embeddings.patch_embeddings.projection

@@ -3,8 +3,14 @@ loop over heads and windows), masking, loss, loading."""
 
 import pytest
 import torch
-from conftest import TINY, VARIANTS, package_state_from_original, relative_error, tiny_pretraining_config
-from reference_gram import OriginalGram
+from conftest import (
+    TINY,
+    VARIANTS,
+    original_pretraining_model,
+    package_state_from_original,
+    relative_error,
+    tiny_pretraining_config,
+)
 from transformers import AutoModel, AutoModelForPreTraining
 
 from configuration_gram import GramConfig
@@ -12,24 +18,7 @@ from modeling_gram import GramForPreTraining, GramModel
 
 
 def pretraining_pair(config, seed=0):
-    torch.manual_seed(seed)
-    original = OriginalGram(
-        in_channels=config.num_channels,
-        fshape=config.patch_size[0],
-        tshape=config.patch_size[1],
-        hidden=config.hidden_size,
-        layers=config.num_hidden_layers,
-        heads=config.num_attention_heads,
-        mlp=config.intermediate_size,
-        decoder_dim=config.decoder_hidden_size,
-        decoder_depth=config.decoder_num_hidden_layers,
-        decoder_heads=config.decoder_num_attention_heads,
-        window_sizes=config.decoder_window_sizes,
-    ).eval()
-    with torch.no_grad():  # relative-position biases large enough that a wrong mapping shows
-        for name, p in original.named_parameters():
-            if name.endswith("relative_position_bias_table"):
-                p.normal_(0.0, 0.5)
+    original = original_pretraining_model(config, seed)
     model = GramForPreTraining(config).eval()
     model.load_state_dict(package_state_from_original(original.state_dict()), strict=True)
     return model, original

@@ -61,7 +61,7 @@ def _small_run(output_dir, steps, extra=()):
 
 
 def _env():
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def test_readme_quick_start_pretrains_from_the_command_line_and_the_loss_falls(tmp_path):
@@ -143,7 +143,8 @@ def test_torchrun_two_processes_on_cpu(offline_data, tmp_path):
 
 
 def test_converted_original_checkpoint_goes_on_pretraining(offline_data, tmp_path):
-    from test_convert_checkpoint import HEADS, make_original, save_lightning_checkpoint
+    from conftest import HEADS, make_original
+    from test_convert_checkpoint import save_lightning_checkpoint
 
     from convert_checkpoint import main as convert
 

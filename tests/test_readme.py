@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, FakeHubApi, original_pretraining_model, tiny_pretraining_config
 
 from configuration_gram import GramConfig
 from feature_extraction_gram import GramFeatureExtractor
@@ -67,9 +67,7 @@ def test_readme_conversion_commands_run(tmp_path, monkeypatch):
     narrow layers), the Hub replaced by a stand-in."""
     import shlex
 
-    from reference_gram import OriginalGram
     from safetensors.torch import save_file
-    from test_convert_checkpoint import FakeHubApi
 
     import convert_checkpoint
 
@@ -78,26 +76,12 @@ def test_readme_conversion_commands_run(tmp_path, monkeypatch):
     commands = [shlex.split(line.split("#")[0]) for line in block.replace("\\\n", " ").strip().splitlines()]
     assert len(commands) == 2
 
-    def original(channels, fshape, tshape, windows):
-        torch.manual_seed(0)
-        return OriginalGram(
-            in_channels=channels,
-            fshape=fshape,
-            tshape=tshape,
-            hidden=96,
-            layers=1,
-            heads=12,
-            mlp=96,
-            decoder_dim=32,
-            decoder_depth=1,
-            decoder_heads=8,
-            window_sizes=windows,
-        )
+    def original(variant):  # 12 heads as ViT-B (the commands use the default head count), narrow layers
+        sizes = dict(hidden_size=96, num_hidden_layers=1, num_attention_heads=12, intermediate_size=96)
+        return original_pretraining_model(tiny_pretraining_config(variant, decoder_num_hidden_layers=1, **sizes))
 
-    torch.save(
-        {"state_dict": original(2, 16, 8, [2, 5, 10, 25, 50, 100, 0, 0]).state_dict()}, tmp_path / "step=500000.ckpt"
-    )
-    runtime = original(7, 128, 2, [2, 5, 10, 25, 50, 0, 0, 0])
+    torch.save({"state_dict": original("binaural-frame").state_dict()}, tmp_path / "step=500000.ckpt")
+    runtime = original("ambisonics-time")
     save_file(
         {f"model.{k}": v.contiguous() for k, v in runtime.state_dict().items()}, str(tmp_path / "model.safetensors")
     )

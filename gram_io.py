@@ -245,7 +245,7 @@ def check_output_dir(
             files = _files_under(path)
             listed = set(marker["files"])
             # files must be listed files; folders must hold listed files (a listed name that is a folder is not ours)
-            foreign = sorted((files - listed - {OUTPUT_MARKER}) | (existing - files - _folders_of(listed)))
+            foreign = sorted((files - listed - {OUTPUT_MARKER}) | (existing - files - _folders_of(listed & files)))
             if foreign:
                 raise OutputDirectoryError(
                     f"{printable(path)} holds files the previous {printable(marker.get('tool', 'GRAM'), 40)} run did not write: "
@@ -282,10 +282,11 @@ def _remove_own_files(directory: Path, files: Iterable[str]) -> None:
     """Deletes the files of a retired output that its marker lists *and* that are really inside it (links are
     removed as links, never followed), then its empty folders; anything else stays."""
     present = _files_under(directory)
-    for name in sorted((set(files) & present) | ({OUTPUT_MARKER} & present)):
+    removed = set(files) & present
+    for name in sorted(removed | ({OUTPUT_MARKER} & present)):
         os.unlink(directory / name)
     # Only the folders that held listed files, deepest first, then the directory itself (if empty by now).
-    for folder in sorted(_folders_of(files), key=lambda name: -name.count(os.sep)):
+    for folder in sorted(_folders_of(removed), key=lambda name: -name.count(os.sep)):
         target = directory / folder
         if target.is_dir() and not target.is_symlink():
             try:
@@ -357,8 +358,8 @@ def staged_directory(
             "Found %d staging folder(s) of an interrupted earlier run, e.g. %s; delete them when no "
             "GRAM command is writing %s.",
             len(stale),
-            stale[0],
-            path,
+            printable(stale[0], 300),
+            printable(path, 300),
         )
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     swapped = False

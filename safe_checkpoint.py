@@ -482,6 +482,7 @@ class _PickleMachine:
                 if type(container) is not set:
                     raise CheckpointError("The checkpoint's pickle adds set items to a non-set.")
                 self.count_tuple_keys(items)
+                self.memory += 2 * _OBJECT_COST * len(items)  # hash-table slots, as for dict entries
                 try:
                     container.update(items)
                 except TypeError:
@@ -489,6 +490,7 @@ class _PickleMachine:
             elif op == b"\x91":  # FROZENSET
                 items = self.pop_mark()
                 self.count_tuple_keys(items)
+                self.memory += 2 * _OBJECT_COST * len(items)
                 try:
                     stack.append(self.hashable(items, frozenset))
                 except TypeError:

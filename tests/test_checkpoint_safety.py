@@ -717,3 +717,23 @@ def test_a_marker_cannot_claim_a_users_empty_folder(tmp_path, capsys):
     (output / ".gram-output.json").write_text(json.dumps({**marker, "files": [*marker["files"], "userempty"]}))
     code, err = run_converter(capsys, tmp_path / "ckpt.pt", output, "--overwrite")
     assert code == 2 and "did not write: userempty" in err and (output / "userempty").is_dir()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the sixth attack review
+# ----------------------------------------------------------------------------------------------------------
+def test_set_tables_are_charged_and_ghost_files_claim_no_folder(tmp_path, capsys):
+    # 300,000 sets of 60 small ints: ~130 pickle bytes each, kilobytes of hash table each
+    one_set = b"\x8f(" + b"".join(b"K" + bytes([i]) for i in range(60)) + b"\x90"
+    with pytest.raises(CheckpointError, match="MB of memory"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "sets.ckpt", b"\x80\x04" + one_set * 300_000 + b"N.")))
+
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    output = tmp_path / "out"
+    assert run_converter(capsys, tmp_path / "ckpt.pt", output)[0] == 0
+    (output / "user_empty_folder").mkdir()
+    marker = json.loads((output / ".gram-output.json").read_text())
+    ghost = {**marker, "files": [*marker["files"], "user_empty_folder/ghost"]}
+    (output / ".gram-output.json").write_text(json.dumps(ghost))
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", output, "--overwrite")
+    assert code == 2 and "user_empty_folder" in err and (output / "user_empty_folder").is_dir()

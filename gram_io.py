@@ -214,6 +214,10 @@ def check_output_dir(
     overwrite_flag: str | None = "--overwrite",
 ) -> Path:
     """The absolute output path, after refusing every target that could cost the user a file."""
+    inputs = list(inputs)
+    for name in (output_dir, *inputs):
+        if "\0" in os.fspath(name):
+            raise OutputDirectoryError(f"{printable(os.fspath(name), 200)} holds a NUL byte; no path can.")
     path = Path(os.path.abspath(output_dir))
     if path.is_symlink():
         state = "a dangling symbolic link" if not path.exists() else "a symbolic link"

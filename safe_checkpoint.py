@@ -498,6 +498,7 @@ class _PickleMachine:
             elif op in (b"q", b"r", b"\x94"):  # BINPUT, LONG_BINPUT, MEMOIZE
                 index = self.take(1)[0] if op == b"q" else self.unpack("<I") if op == b"r" else len(self.memo)
                 self.memo[index] = self.top()
+                self.memory += 2 * _OBJECT_COST  # a memo entry is a dict entry
                 if len(self.memo) > MAX_OBJECTS:
                     raise CheckpointError(f"The checkpoint's pickle keeps more than {MAX_OBJECTS} memo entries.")
             elif op in (b"h", b"j"):  # BINGET, LONG_BINGET
@@ -507,12 +508,12 @@ class _PickleMachine:
                 stack.append(self.memo[index])
             elif op == b"c":  # GLOBAL
                 module, name = self.line(), self.line()
-                stack.append(self.new(_Global(f"{module}.{name}")))
+                stack.append(self.new(_Global(f"{module}.{name}"), 4 * (len(module) + len(name))))
             elif op == b"\x93":  # STACK_GLOBAL
                 name, module = self.pop(), self.pop()
                 if not (isinstance(module, str) and isinstance(name, str)) or len(module) + len(name) > 512:
                     raise CheckpointError("The checkpoint's pickle names a global with non-strings or a huge name.")
-                stack.append(self.new(_Global(f"{module}.{name}")))
+                stack.append(self.new(_Global(f"{module}.{name}"), 4 * (len(module) + len(name))))
             elif op == b"R":  # REDUCE
                 args, function = self.pop(), self.pop()
                 stack.append(self.new(self.call(function, args)))

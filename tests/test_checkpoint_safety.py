@@ -459,7 +459,7 @@ def test_unwritable_parent_is_one_line_before_any_work(tmp_path, capsys, monkeyp
             + b"q\x01"
             + b"h\x00h\x01\x930" * 1_100_000
             + b"N.",
-            "more than 1000000 objects",
+            "more than 1000000 objects|MB of memory",
         ),
         # ints beyond 64 bits (a pickle could otherwise fill a dict with keys whose hashes all collide)
         (b"\x80\x02}" + b"\x8a\x09" + b"\x01" * 9 + b"Ns.", "integer too large"),
@@ -737,3 +737,17 @@ def test_set_tables_are_charged_and_ghost_files_claim_no_folder(tmp_path, capsys
     (output / ".gram-output.json").write_text(json.dumps(ghost))
     code, err = run_converter(capsys, tmp_path / "ckpt.pt", output, "--overwrite")
     assert code == 2 and "user_empty_folder" in err and (output / "user_empty_folder").is_dir()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the seventh attack review
+# ----------------------------------------------------------------------------------------------------------
+def test_long_global_names_are_charged_and_nul_paths_are_one_line(tmp_path, capsys):
+    # two memoised 4-byte-character strings joined into a new ~2 KB name per 5 pickle bytes
+    payload = (b"\x80\x04" + unicode("\U0001f600" * 250) + b"q\x000" + unicode("\U0001f600") + b"q\x010](" +
+               b"h\x00h\x01\x93" * 900_000 + b"e.")  # fmt: skip
+    with pytest.raises(CheckpointError, match="MB of memory"):
+        read_checkpoint(str(zip_checkpoint(tmp_path / "names.ckpt", payload)))
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", str(tmp_path / "o") + "\0x")
+    assert code == 2 and "NUL byte" in err and "Traceback" not in err

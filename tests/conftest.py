@@ -37,10 +37,9 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
 
 
-def model_pair(config: GramConfig, seed: int = 0):
-    """(GramModel, OriginalGramEncoder) sharing the original's randomly initialised weights."""
-    torch.manual_seed(seed)
-    original = OriginalGramEncoder(
+def original_encoder_sizes(config: GramConfig) -> dict:
+    """The original encoder's constructor arguments for `config`'s sizes."""
+    return dict(
         in_channels=config.num_channels,
         fshape=config.patch_size[0],
         tshape=config.patch_size[1],
@@ -48,7 +47,13 @@ def model_pair(config: GramConfig, seed: int = 0):
         layers=config.num_hidden_layers,
         heads=config.num_attention_heads,
         mlp=config.intermediate_size,
-    ).eval()
+    )
+
+
+def model_pair(config: GramConfig, seed: int = 0):
+    """(GramModel, OriginalGramEncoder) sharing the original's randomly initialised weights."""
+    torch.manual_seed(seed)
+    original = OriginalGramEncoder(**original_encoder_sizes(config)).eval()
     model = GramModel(config).eval()
     model.load_state_dict(package_state_from_original(original.state_dict(), prefix="gram."), strict=True)
     return model, original
@@ -59,13 +64,7 @@ def original_pretraining_model(config: GramConfig, seed: int = 0) -> OriginalGra
     relative-position biases large enough that a wrong mapping shows."""
     torch.manual_seed(seed)
     original = OriginalGram(
-        in_channels=config.num_channels,
-        fshape=config.patch_size[0],
-        tshape=config.patch_size[1],
-        hidden=config.hidden_size,
-        layers=config.num_hidden_layers,
-        heads=config.num_attention_heads,
-        mlp=config.intermediate_size,
+        **original_encoder_sizes(config),
         decoder_dim=config.decoder_hidden_size,
         decoder_depth=config.decoder_num_hidden_layers,
         decoder_heads=config.decoder_num_attention_heads,

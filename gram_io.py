@@ -218,6 +218,12 @@ def check_output_dir(
     for name in (output_dir, *inputs):
         if "\0" in os.fspath(name):
             raise OutputDirectoryError(f"{printable(os.fspath(name), 200)} holds a NUL byte; no path can.")
+    try:  # safetensors and the Hub need UTF-8 paths: refused now, not after the work
+        os.fspath(os.path.abspath(output_dir)).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputDirectoryError(
+            f"{printable(os.fspath(output_dir), 200)} is not valid UTF-8; choose a UTF-8 name."
+        ) from None
     path = Path(os.path.abspath(output_dir))
     if path.is_symlink():
         state = "a dangling symbolic link" if not path.exists() else "a symbolic link"

@@ -751,3 +751,9 @@ def test_long_global_names_are_charged_and_nul_paths_are_one_line(tmp_path, caps
     torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
     code, err = run_converter(capsys, tmp_path / "ckpt.pt", str(tmp_path / "o") + "\0x")
     assert code == 2 and "NUL byte" in err and "Traceback" not in err
+
+
+def test_non_utf8_output_names_are_refused_before_any_work(tmp_path, capsys):
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", os.fsdecode(os.fsencode(tmp_path) + b"/\xff\xfe"))
+    assert code == 2 and "not valid UTF-8" in err and "Traceback" not in err

@@ -148,10 +148,15 @@ def printable(text: str, limit: int = 2000) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[:limit] + " ..."
 
 
+def _unreadable(error: OSError) -> None:
+    # os.walk skips folders it cannot list; a folder we cannot see into is never treated as empty (or as ours)
+    raise OutputDirectoryError(f"Cannot read {printable(error.filename or error, 300)}: it may hold files of yours.")
+
+
 def _files_under(directory: Path) -> set[str]:
     """Relative paths of everything under `directory` that is not a directory (files, links, pipes...)."""
     found = set()
-    for base, dirs, files in os.walk(directory):
+    for base, dirs, files in os.walk(directory, onerror=_unreadable):
         for name in files + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
             found.add(os.path.relpath(os.path.join(base, name), directory))
     return found
@@ -160,7 +165,7 @@ def _files_under(directory: Path) -> set[str]:
 def _entries_under(directory: Path) -> set[str]:
     """`_files_under` plus the (real) folders: an empty folder of the user's is theirs too."""
     found = _files_under(directory)
-    for base, dirs, _ in os.walk(directory):
+    for base, dirs, _ in os.walk(directory, onerror=_unreadable):
         found.update(
             os.path.relpath(os.path.join(base, d), directory) for d in dirs if not os.path.islink(os.path.join(base, d))
         )
@@ -235,8 +240,9 @@ def check_output_dir(
     if real == Path(os.path.realpath(Path.home())):
         raise OutputDirectoryError(f"{path} is your home directory; choose a new directory.")
     for item in inputs:
-        source = Path(os.path.realpath(item))
-        if source == real or real in source.parents:
+        source, given = Path(os.path.realpath(item)), Path(os.path.abspath(item))
+        # resolved (the file itself) and as given (a link to it inside the output would be deleted with it)
+        if source == real or real in source.parents or given == path or path in given.parents:
             raise OutputDirectoryError(f"{path} contains the input {item}; choose an output directory elsewhere.")
     if path.exists() or os.path.lexists(path):
         if not path.is_dir():

@@ -757,3 +757,33 @@ def test_non_utf8_output_names_are_refused_before_any_work(tmp_path, capsys):
     torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
     code, err = run_converter(capsys, tmp_path / "ckpt.pt", os.fsdecode(os.fsencode(tmp_path) + b"/\xff\xfe"))
     assert code == 2 and "not valid UTF-8" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Found by the ninth attack review
+# ----------------------------------------------------------------------------------------------------------
+def test_unreadable_folders_are_never_taken_for_empty(tmp_path, capsys, monkeypatch):
+    import gram_io
+
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "ckpt.pt")
+    (tmp_path / "precious").mkdir()
+    real_walk = os.walk
+
+    def walk_without_permission(top, onerror=None, **kwargs):  # what a mode-000 folder gives a non-root user
+        if onerror is not None:
+            onerror(PermissionError(13, "Permission denied", str(top)))
+        return real_walk(top, onerror=onerror, **kwargs)
+
+    monkeypatch.setattr(gram_io.os, "walk", walk_without_permission)
+    code, err = run_converter(capsys, tmp_path / "ckpt.pt", tmp_path / "precious")
+    assert code == 2 and "Cannot read" in err and (tmp_path / "precious").is_dir()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_input_linked_from_inside_the_output_is_refused(tmp_path, capsys):
+    torch.save({"state_dict": make_original("mono-time").state_dict()}, tmp_path / "real.pt")
+    output = tmp_path / "out"
+    assert run_converter(capsys, tmp_path / "real.pt", output)[0] == 0
+    os.symlink(tmp_path / "real.pt", output / "ckpt.pt")
+    code, err = run_converter(capsys, output / "ckpt.pt", output, "--overwrite")
+    assert code == 2 and "contains the input" in err and (output / "ckpt.pt").is_symlink()

@@ -22,6 +22,40 @@ GRAM_PATCHINGS = {
 }
 GRAM_VARIANTS = tuple(f"{fmt}-{patching}" for fmt in GRAM_FORMATS for patching in GRAM_PATCHINGS)
 POOLING_STRATEGIES = ("raw", "mean", "cls")
+
+# First-order ambisonic channel conventions. Each row is one channel's gain for a plane wave of unit pressure
+# arriving from the unit direction (front, left, up) of the listener: channel = row . (1, front, left, up).
+# Any two conventions convert exactly into each other by a 4 x 4 matrix (`ambisonics_conversion`).
+_SQRT2, _SQRT3 = 2.0**0.5, 3.0**0.5
+AMBISONICS_FORMATS = {
+    # AmbiX: ACN order W, Y, Z, X with SN3D. Real recordings (STARSS23, TAU-SRIR) and most tools use it.
+    "ambix": ((1, 0, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1), (0, 1, 0, 0)),
+    # Furse-Malham (B-format): W, X, Y, Z with W at -3 dB.
+    "fuma": ((1 / _SQRT2, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)),
+    # SoundSpaces 2.0 (habitat-sim's RLR-Audio-Propagation), which rendered GRAM's pretraining scenes: ACN order
+    # and N3D normalisation in habitat's listener frame (x right, y up, z back), so the channels are
+    # W, up, back, right with first-order gains sqrt(3). The published GRAM-Ambisonics expects this layout.
+    "soundspaces": ((1, 0, 0, 0), (0, 0, 0, _SQRT3), (0, -_SQRT3, 0, 0), (0, 0, -_SQRT3, 0)),
+}
+# The layout of the published ambisonic checkpoints and of this package's simulator.
+DEFAULT_AMBISONICS_LAYOUT = "soundspaces"
+
+
+def ambisonics_conversion(source: str, target: str) -> list[list[float]]:
+    """The 4 x 4 matrix `M` with `target_channels = M @ source_channels` for first-order ambisonics."""
+    for name in (source, target):
+        if name not in AMBISONICS_FORMATS:
+            raise ValueError(f"Unknown ambisonics format {name!r}; expected one of {', '.join(AMBISONICS_FORMATS)}.")
+    # Each source row has a single nonzero gain, so its inverse is a scaled transpose.
+    source_rows = AMBISONICS_FORMATS[source]
+    inverse = [[0.0] * 4 for _ in range(4)]  # (1, front, left, up) from the source channels
+    for channel, row in enumerate(source_rows):
+        component = next(i for i, gain in enumerate(row) if gain)
+        inverse[component][channel] = 1.0 / row[component]
+    target_rows = AMBISONICS_FORMATS[target]
+    return [[sum(target_rows[r][k] * inverse[k][c] for k in range(4)) for c in range(4)] for r in range(4)]
+
+
 # Written into every saved config and preprocessor config, so a saved directory loads with
 # trust_remote_code whatever classes were registered in the saving process.
 GRAM_AUTO_MAP = {
@@ -109,6 +143,10 @@ class GramConfig(PretrainedConfig):
             audio is encoded in sub-batches of this size to bound memory.
         freeze_encoder (`bool`, defaults to False): task heads train their head only (linear probing).
         classifier_dropout (`float`, defaults to 0.0): dropout before the task heads.
+        ambisonics_layout (`str`, defaults to `"soundspaces"`): the first-order ambisonic channel convention
+            of the audio an ambisonic model was trained on (`AMBISONICS_FORMATS`): "soundspaces" for the
+            published checkpoints and for models pretrained with this package's simulator. The feature
+            extractor converts 4-channel input from its declared `ambisonics_format` into this layout.
 
     Example:
 
@@ -153,6 +191,7 @@ class GramConfig(PretrainedConfig):
         chunk_batch_size: int = 32,
         freeze_encoder: bool = False,
         classifier_dropout: float = 0.0,
+        ambisonics_layout: str = DEFAULT_AMBISONICS_LAYOUT,
         **kwargs,
     ):
         # The original Hub config carried `max_length`, a generation parameter that transformers 5.x refuses on
@@ -214,6 +253,10 @@ class GramConfig(PretrainedConfig):
             )
         if pooling_strategy not in POOLING_STRATEGIES:
             raise ValueError(f"pooling_strategy must be one of {POOLING_STRATEGIES}, got {pooling_strategy!r}.")
+        if ambisonics_layout not in AMBISONICS_FORMATS:
+            raise ValueError(
+                f"GramConfig.ambisonics_layout must be one of {', '.join(AMBISONICS_FORMATS)}, got {ambisonics_layout!r}."
+            )
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
 
@@ -246,6 +289,7 @@ class GramConfig(PretrainedConfig):
         self.chunk_batch_size = chunk_batch_size
         self.freeze_encoder = freeze_encoder
         self.classifier_dropout = classifier_dropout
+        self.ambisonics_layout = ambisonics_layout
 
     @classmethod
     def from_variant(cls, variant: str, **kwargs) -> "GramConfig":
@@ -271,6 +315,8 @@ class GramConfig(PretrainedConfig):
             ("sampling_rate", self.sampling_rate, getattr(extractor, "sampling_rate", None)),
             ("hop_length", self.hop_length, getattr(extractor, "hop_length", None)),
         ]
+        if self.audio_format == "ambisonics":
+            pairs.append(("ambisonics_layout", self.ambisonics_layout, getattr(extractor, "ambisonics_layout", None)))
         different = [f"{name}: model {ours}, extractor {theirs}" for name, ours, theirs in pairs if ours != theirs]
         if different:
             raise ValueError(f"The feature extractor does not match the model ({'; '.join(different)}).")

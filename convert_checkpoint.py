@@ -1,14 +1,19 @@
 """Convert checkpoints of the original GRAM code (labhamlet/GRAM-T) into Hub-ready directories.
 
+    python convert_checkpoint.py --checkpoint labhamlet/gramt-binaural-time --output-dir gram-binaural-time
     python convert_checkpoint.py --checkpoint step=500000.ckpt --output-dir gram-binaural-frame
     python convert_checkpoint.py --checkpoint model.safetensors --output-dir out --push-to-hub me/gram-x --private
+    python convert_checkpoint.py --random-weights ambisonics-time --output-dir gram-untrained   # offline, UNTRAINED
 
 Accepted inputs:
   * a PyTorch Lightning checkpoint (`.ckpt`) of the original training code: a dict whose "state_dict" holds
     the GRAMT module's keys (torchvision encoder `encoder.layers.encoder_layer_{i}.*`, `patch_embed.proj`,
     `cls_token`, MW-MAE decoder `decoder_blocks.{i}.wmha.*`, `spec_pred.0`, feature buffers, ...);
   * a plain state dict of those keys (`.pt`/`.pth`/`.bin`), or the `model.safetensors` of the original
-    huggingface_hub-mixin wrapper (`RuntimeGRAMT`: the same keys under `model.`, plus `mel_spec.*` buffers).
+    huggingface_hub-mixin wrapper (`RuntimeGRAMT`: the same keys under `model.`, plus `mel_spec.*` buffers);
+  * a Hub repo id of such a wrapper (e.g. `labhamlet/gramt-binaural-time`, `--revision` optional), or a local
+    copy of one (a directory holding its `model.safetensors`): only the weight file is downloaded, through
+    huggingface_hub (its cache, `HF_HUB_OFFLINE` and tokens apply); the repo's own code is never run.
 
 The variant (feature channels from the patch convolution's input channels, patching from its kernel, the
 decoder windows from the relative-position tables) is read off the weights. Checkpoints are untrusted data
@@ -31,7 +36,7 @@ from typing import Any, Iterable
 
 import torch
 
-from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS, GramConfig
+from configuration_gram import GRAM_FORMATS, GRAM_PATCHINGS, GRAM_VARIANTS, GramConfig
 from feature_extraction_gram import GramFeatureExtractor, htk_mel_filterbank
 from gram_io import OUTPUT_MARKER, OutputDirectoryError, check_output_dir, printable, staged_directory
 from modeling_gram import REMOTE_CODE_FILES, GramForPreTraining, GramModel
@@ -61,6 +66,55 @@ def load_untrusted_checkpoint(path: str) -> tuple[dict[str, TensorSpec], str]:
         raise ConversionError(f"Cannot read {path} as a checkpoint: {error}") from None
     except OSError as error:
         raise ConversionError(f"Cannot read {path}: {error.strerror or error}") from None
+
+
+# The weight file of the original huggingface_hub-mixin wrapper in its Hub repos.
+HUB_WEIGHTS_FILE = "model.safetensors"
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def resolve_checkpoint(checkpoint: str, revision: str | None = None, progress: bool = False) -> tuple[str, str]:
+    """The local file to convert and a description of its source, for `checkpoint` given as
+
+    * a file: itself (`revision` must be None);
+    * a directory (a local copy of an original Hub repo): its `model.safetensors`;
+    * a Hub repo id `owner/name` that is not a local path: its `model.safetensors` at `revision` (default
+      main), downloaded by huggingface_hub into its cache (offline mode, cache location and token as
+      huggingface_hub handles them). Nothing else of the repo is fetched; its code is never run.
+
+    The source reads `owner/name@<commit>` for a Hub download, so a model card can say which commit it was.
+    """
+    if os.path.lexists(checkpoint):
+        if revision is not None:
+            raise ConversionError(f"--revision applies to a Hub repo id, but {checkpoint} is a local path.")
+        if os.path.isdir(checkpoint):
+            weights = os.path.join(checkpoint, HUB_WEIGHTS_FILE)
+            if not os.path.isfile(weights):
+                raise ConversionError(f"{checkpoint} is a directory without {HUB_WEIGHTS_FILE}.")
+            return weights, weights
+        return checkpoint, checkpoint
+    if not _HUB_REPO_ID.match(checkpoint) or ".." in checkpoint or "--" in checkpoint:
+        raise ConversionError(f"Checkpoint not found: {checkpoint} is no local file and no Hub repo id (owner/name).")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    if not progress:
+        disable_progress_bars()
+    try:
+        path = hf_hub_download(checkpoint, HUB_WEIGHTS_FILE, revision=revision)
+    except Exception as error:  # offline and not cached, unknown repo/revision/file, gated, network: one line
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        where = f"{checkpoint}@{revision}" if revision else checkpoint
+        raise ConversionError(
+            f"Cannot get {HUB_WEIGHTS_FILE} of the Hub repo {where} ({type(error).__name__}: {reason})"
+        ) from None
+    finally:
+        if not progress:
+            enable_progress_bars()
+    commit = os.path.basename(os.path.dirname(path))  # the cache's snapshots/<commit>/model.safetensors
+    return path, f"{checkpoint}@{commit}" if _COMMIT.match(commit) else checkpoint
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -339,11 +393,9 @@ tags:
   - gram
 ---
 
-# GRAM-{title} ({patching} patching)
+# GRAM-{title} ({patching} patching){untrained_title}
 
-GRAM (General-purpose, Real-world Audio Model) for {audio_description}, converted from an original GRAM
-checkpoint with `convert_checkpoint.py` of the GRAM Hugging Face package. Encoder and MW-MAE decoder are
-both included, so pretraining can resume from this repository.
+{origin}
 
 | | |
 |---|---|
@@ -352,7 +404,7 @@ both included, so pretraining can resume from this repository.
 | patch (mel x frames) | {patch} |
 | raw embedding | {steps_per_second} steps/s of {frame_dim} |
 | mean / cls embedding | {hidden} |
-| source checkpoint | `{source_name}` (sha256 `{sha256}`) |
+| {source_line} |
 
 ```python
 import torch
@@ -371,25 +423,39 @@ For pretraining: `AutoModelForPreTraining.from_pretrained("{repo_id}", trust_rem
 """
 
 
-def write_model_card(directory: str, config: GramConfig, repo_id: str, source: str, sha256: str) -> None:
+def write_model_card(
+    directory: str, config: GramConfig, repo_id: str, source_line: str, untrained: bool = False
+) -> None:
     descriptions = {
         "binaural": "two-channel binaural audio",
         "ambisonics": "four-channel first-order ambisonics (W, X, Y, Z)",
         "mono": "single-channel audio",
     }
+    if untrained:
+        origin = (
+            "**UNTRAINED: random weights.** Made by `convert_checkpoint.py --random-weights` of the GRAM Hugging "
+            "Face package to try the API offline; its embeddings carry no information. Convert a published "
+            "checkpoint for real use."
+        )
+    else:
+        origin = (
+            "GRAM (General-purpose, Real-world Audio Model) for {audio}, converted from an original GRAM checkpoint "
+            "with `convert_checkpoint.py` of the GRAM Hugging Face package. Encoder and MW-MAE decoder are both "
+            "included, so pretraining can resume from this repository."
+        ).format(audio=descriptions[config.audio_format])
     card = MODEL_CARD.format(
         audio_format=config.audio_format,
         title=config.audio_format.capitalize(),
         patching=config.patching,
-        audio_description=descriptions[config.audio_format],
+        untrained_title=" — UNTRAINED (random weights)" if untrained else "",
+        origin=origin,
         audio_channels=config.audio_channels,
         num_channels=config.num_channels,
         patch=f"{config.patch_size[0]} x {config.patch_size[1]}",
         steps_per_second=f"{1000 / config.step_duration_ms:g}",
         frame_dim=config.frame_embedding_size,
         hidden=config.hidden_size,
-        source_name=os.path.basename(source),
-        sha256=sha256,
+        source_line=source_line,
         repo_id=repo_id,
     )
     # Names from the command line may not be valid UTF-8 (surrogate-escaped bytes): written escaped.
@@ -417,21 +483,20 @@ def convert(
     repo_id: str | None = None,
     dry_run: bool = False,
     progress: bool = False,
+    revision: str | None = None,
 ) -> tuple[str, list[str]]:
-    """Converts `checkpoint` into `output_dir` atomically; returns the output directory and its files.
+    """Converts `checkpoint` (a file, a local copy of an original Hub repo, or a Hub repo id at `revision`;
+    see `resolve_checkpoint`) into `output_dir` atomically; returns the output directory and its files.
     With `dry_run`, the conversion is made and verified in a temporary directory that is then removed:
     nothing is written at `output_dir`."""
-    try:
-        output = str(check_output_dir(output_dir, [checkpoint], overwrite))
-    except OutputDirectoryError as error:
-        raise ConversionError(str(error)) from None
+    say = _printer(progress)
+    if os.path.lexists(checkpoint):  # a bad output location is reported before any download
+        _checked_output(output_dir, [checkpoint], overwrite)
+    path, source = resolve_checkpoint(checkpoint, revision, progress)
+    output = _checked_output(output_dir, [path], overwrite)
 
-    def say(message: str) -> None:
-        if progress:
-            print(printable(message), file=sys.stderr, flush=True)
-
-    say(f"Reading {checkpoint} (names and shapes only) ...")
-    specs, kind = load_untrusted_checkpoint(checkpoint)
+    say(f"Reading {source} (names and shapes only) ...")
+    specs, kind = load_untrusted_checkpoint(path)
     mapped, derived = map_original_keys(specs)
     config = infer_config(
         mapped, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only
@@ -444,24 +509,102 @@ def convert(
     )
     model = build_model(mapped, config, encoder_only, progress)
     config.architectures = [type(model).__name__]
+    source_line = f"source checkpoint | `{_card_name(source)}` (sha256 `{file_sha256(path)}`)"
+    say("Writing and verifying the directory (reloaded and compared) ...")
+    return output, _write_output(model, output, [path], overwrite, dry_run, repo_id, source_line)
+
+
+def load_original_encoder(
+    checkpoint: str, revision: str | None = None, num_attention_heads: int = 12, decoder_num_attention_heads: int = 8
+) -> GramModel:
+    """The encoder of an original checkpoint (file, local copy of an original Hub repo, or Hub id), converted
+    in memory with the same checks as `convert` (safe reading, shapes validated before any byte is read,
+    derived buffers compared): for tools that take original checkpoints directly (the HEAR module)."""
+    path, _ = resolve_checkpoint(checkpoint, revision)
+    specs, _ = load_untrusted_checkpoint(path)
+    mapped, derived = map_original_keys(specs)
+    encoder_only = not any(key.startswith("decoder.") for key in mapped)
+    config = infer_config(mapped, None, None, num_attention_heads, decoder_num_attention_heads, encoder_only)
+    checked_shapes(mapped, config, encoder_only)
+    check_derived_buffers(derived, config)
+    model = build_model(mapped, config, encoder_only)
+    encoder = model if encoder_only else model.gram
+    encoder.config.architectures = ["GramModel"]
+    return encoder.eval()
+
+
+def random_model(variant: str, seed: int = 0, config: GramConfig | None = None) -> GramForPreTraining:
+    """An UNTRAINED `GramForPreTraining` of a published variant's configuration (or of `config`), with the
+    package's initialisation seeded by `seed`: for trying the API offline, not for embeddings."""
+    config = GramConfig.from_variant(variant) if config is None else config
+    config.architectures = ["GramForPreTraining"]
+    torch.manual_seed(seed)
+    return GramForPreTraining(config).eval()
+
+
+def write_random_model(
+    variant: str,
+    output_dir: str,
+    seed: int = 0,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    config: GramConfig | None = None,
+) -> tuple[str, list[str]]:
+    """Writes `random_model(variant, seed, config)` as a complete model directory (same layout as a
+    conversion), labelled untrained in its model card; returns the directory and its files."""
+    output = _checked_output(output_dir, [], overwrite)
+    model = random_model(variant, seed, config)
+    source_line = f"weights | **UNTRAINED**: random initialisation, seed {seed} (for trying the API only)"
+    return output, _write_output(model, output, [], overwrite, dry_run, None, source_line, untrained=True)
+
+
+def _printer(progress: bool):
+    def say(message: str) -> None:
+        if progress:
+            print(printable(message), file=sys.stderr, flush=True)
+
+    return say
+
+
+def _checked_output(output_dir: str, inputs: list[str], overwrite: bool) -> str:
+    try:
+        return str(check_output_dir(output_dir, inputs, overwrite))
+    except OutputDirectoryError as error:
+        raise ConversionError(str(error)) from None
+
+
+def _card_name(source: str) -> str:
+    """A Hub source (`owner/name@commit`) in full, a local file by its base name."""
+    return source if not os.path.lexists(source) else os.path.basename(source)
+
+
+def _write_output(
+    model,
+    output: str,
+    inputs: list[str],
+    overwrite: bool,
+    dry_run: bool,
+    repo_id: str | None,
+    source_line: str,
+    untrained: bool = False,
+) -> list[str]:
+    config = model.config
 
     def write(directory: str) -> list[str]:
         model.save_pretrained(directory, safe_serialization=True)
         GramFeatureExtractor.from_config(config).save_pretrained(directory)
-        write_model_card(directory, config, repo_id or os.path.basename(output), checkpoint, file_sha256(checkpoint))
+        write_model_card(directory, config, repo_id or os.path.basename(output), source_line, untrained)
         _verify_saved(directory, model)
         return upload_files(directory)
 
-    say("Writing and verifying the directory (reloaded and compared) ...")
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="gram-convert-dry-run-") as scratch:
-            return output, write(scratch)
+            return write(scratch)
     try:
-        with staged_directory(output, "convert_checkpoint", [checkpoint], overwrite) as staging:
-            files = write(str(staging))
+        with staged_directory(output, "convert_checkpoint", inputs, overwrite) as staging:
+            return write(str(staging))
     except OutputDirectoryError as error:
         raise ConversionError(str(error)) from None
-    return output, files
 
 
 def _verify_saved(directory: str, model) -> None:
@@ -513,7 +656,20 @@ def push_to_hub(directory: str, repo_id: str, private: bool, commit_message: str
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="original .ckpt / .pt / model.safetensors")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint",
+        help="original .ckpt / .pt / model.safetensors, a local copy of an original Hub repo, or its Hub id "
+        "(e.g. labhamlet/gramt-binaural-time)",
+    )
+    source.add_argument(
+        "--random-weights",
+        metavar="VARIANT",
+        choices=GRAM_VARIANTS,
+        help=f"no checkpoint: write an UNTRAINED model of a variant ({', '.join(GRAM_VARIANTS)}) to try the API offline",
+    )
+    parser.add_argument("--revision", help="with a Hub repo id: branch, tag or commit (default: main)")
+    parser.add_argument("--seed", type=int, default=0, help="with --random-weights: initialisation seed")
     parser.add_argument("--output-dir", required=True, help="directory to create (atomically)")
     parser.add_argument("--format", choices=sorted(GRAM_FORMATS), help="check the audio format read off the weights")
     parser.add_argument("--patching", choices=sorted(GRAM_PATCHINGS), help="check the patching read off the weights")
@@ -537,6 +693,12 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
                         ("--decoder-num-attention-heads", args.decoder_num_attention_heads)):  # fmt: skip
         if not 1 <= value <= 256:
             parser.error(f"{flag} must be in [1, 256], got {value}")
+    if args.revision is not None and args.checkpoint is None:
+        parser.error("--revision needs --checkpoint (a Hub repo id)")
+    if args.random_weights and (args.encoder_only or args.format or args.patching):
+        parser.error(
+            "--random-weights takes the variant's configuration; --format/--patching/--encoder-only do not apply"
+        )
     if args.quiet:
         from transformers.utils import logging as transformers_logging
 
@@ -544,31 +706,40 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _convert_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
+    return convert(
+        args.checkpoint,
+        args.output_dir,
+        audio_format=args.format,
+        patching=args.patching,
+        num_attention_heads=args.num_attention_heads,
+        decoder_num_attention_heads=args.decoder_num_attention_heads,
+        encoder_only=args.encoder_only,
+        overwrite=args.overwrite,
+        repo_id=args.push_to_hub,
+        dry_run=args.dry_run,
+        progress=not args.quiet,
+        revision=args.revision,
+    )
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
+    source = args.checkpoint or f"random weights ({args.random_weights}, seed {args.seed})"
     try:
-        directory, files = convert(
-            args.checkpoint,
-            args.output_dir,
-            audio_format=args.format,
-            patching=args.patching,
-            num_attention_heads=args.num_attention_heads,
-            decoder_num_attention_heads=args.decoder_num_attention_heads,
-            encoder_only=args.encoder_only,
-            overwrite=args.overwrite,
-            repo_id=args.push_to_hub,
-            dry_run=args.dry_run,
-            progress=not args.quiet,
-        )
-        if args.dry_run:
-            target = f"{args.push_to_hub}{' (private)' if args.private else ''}" if args.push_to_hub else directory
-            print(
-                printable(
-                    f"Dry run: {args.checkpoint} converts and verifies; nothing was written. Would write to {target}:"
-                )
+        if args.random_weights:
+            directory, files = write_random_model(
+                args.random_weights, args.output_dir, args.seed, overwrite=args.overwrite, dry_run=args.dry_run
             )
         else:
-            print(printable(f"Converted {args.checkpoint} -> {directory}"))
+            directory, files = _convert_from_args(args)
+        if args.dry_run:
+            target = f"{args.push_to_hub}{' (private)' if args.private else ''}" if args.push_to_hub else directory
+            print(printable(f"Dry run: {source} converts and verifies; nothing was written. Would write to {target}:"))
+        else:
+            print(printable(f"Converted {source} -> {directory}"))
+            if args.random_weights:
+                print("Note: UNTRAINED model (random weights), for trying the API only.")
             if args.push_to_hub:
                 files = push_to_hub(directory, args.push_to_hub, args.private, args.commit_message)
                 print(printable(f"Uploaded to {args.push_to_hub}{' (private)' if args.private else ''}:"))

@@ -10,9 +10,21 @@ import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
 try:  # loaded by transformers as remote code (a package)
-    from .configuration_gram import AUDIO_CHANNELS, GRAM_FORMATS
+    from .configuration_gram import (
+        AMBISONICS_FORMATS,
+        AUDIO_CHANNELS,
+        DEFAULT_AMBISONICS_LAYOUT,
+        GRAM_FORMATS,
+        ambisonics_conversion,
+    )
 except ImportError:  # imported directly from the repository root
-    from configuration_gram import AUDIO_CHANNELS, GRAM_FORMATS
+    from configuration_gram import (
+        AMBISONICS_FORMATS,
+        AUDIO_CHANNELS,
+        DEFAULT_AMBISONICS_LAYOUT,
+        GRAM_FORMATS,
+        ambisonics_conversion,
+    )
 
 # Audio channels each model format consumes, by feature channels (from the configuration's one table).
 AUDIO_CHANNELS_FOR_FEATURES = {GRAM_FORMATS[name]: AUDIO_CHANNELS[name] for name in GRAM_FORMATS}
@@ -70,9 +82,13 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
     a centred, reflect-padded STFT (Hann window of 1024 samples, hop 320 = 10 ms at 32 kHz), power
     spectrum, 128 HTK mel filters from 50 Hz to 16 kHz, natural log of (mel + `log_offset`).
 
-    For ambisonics (`num_channels=7`) the input is first-order ambisonics `[W, X, Y, Z]` and the features
-    are its 4 log-mels followed by the 3 mel-scaled normalised active intensity vectors
-    `I = 2 Re(conj(W) [X, Y, Z]) / (eps + |W|^2 + |X|^2 + |Y|^2 + |Z|^2)`.
+    For ambisonics (`num_channels=7`) the input is first-order ambisonics in a declared convention
+    (`ambisonics_format`: "ambix", "fuma" or "soundspaces", see `configuration_gram.AMBISONICS_FORMATS`),
+    converted into the model's `ambisonics_layout` (channels `[W, A, B, C]`; for the published models
+    "soundspaces": W, up, back, right, N3D). The features are its 4 log-mels followed by the 3 mel-scaled
+    normalised active intensity vectors `I = 2 Re(conj(W) [A, B, C]) / (eps + |W|^2 + |A|^2 + |B|^2 + |C|^2)`.
+    4-channel audio has no default convention: nothing in the samples tells AmbiX from FuMa, so it is never
+    guessed.
 
     Channel adaptation (as the original runtime does): into a binaural model, mono is duplicated and FOA
     uses its W channel twice; into a mono model, stereo is averaged and FOA uses W; into an ambisonics
@@ -89,6 +105,11 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             original pretraining used 1e-5 for mono/binaural.
         intensity_eps (`float`, defaults to 1e-6): epsilon of the intensity-vector normalisation.
         padding_value (`float`, defaults to 0.0): the log-mel value of padded frames (the original pads with 0).
+        ambisonics_layout (`str`, defaults to "soundspaces"): the convention the model was trained on (from
+            `GramConfig.ambisonics_layout`); 4-channel audio is converted into it.
+        ambisonics_format (`str`, *optional*): the convention of the 4-channel audio this extractor will be
+            given, unless a call says otherwise. None (the default): every call with 4-channel audio must pass
+            `ambisonics_format`.
     """
 
     model_input_names = ["input_values", "attention_mask"]
@@ -107,6 +128,8 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         intensity_eps: float = 1e-6,
         padding_value: float = 0.0,
         return_attention_mask: bool = True,
+        ambisonics_layout: str = DEFAULT_AMBISONICS_LAYOUT,
+        ambisonics_format: str | None = None,
         **kwargs,
     ):
         kwargs.pop("feature_size", None)  # saved by the base class; always num_mel_bins here
@@ -132,6 +155,10 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         # (e.g. from_pretrained(..., num_channels=7)) also gets the right offset.
         self.log_offset = None if log_offset is None else float(log_offset)
         self.intensity_eps = float(intensity_eps)
+        self.ambisonics_layout = _checked_ambisonics_format(ambisonics_layout, "ambisonics_layout")
+        self.ambisonics_format = (
+            None if ambisonics_format is None else _checked_ambisonics_format(ambisonics_format, "ambisonics_format")
+        )
         self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -143,6 +170,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             num_mel_bins=config.num_mel_bins,
             sampling_rate=config.sampling_rate,
             hop_length=config.hop_length,
+            ambisonics_layout=getattr(config, "ambisonics_layout", DEFAULT_AMBISONICS_LAYOUT),
         )
         return cls(**{**settings, **kwargs})
 
@@ -174,6 +202,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         return_attention_mask: bool | None = None,
         resample: bool = False,
         device: str | torch.device | None = None,
+        ambisonics_format: str | None = None,
         **kwargs,
     ) -> BatchFeature:
         r"""
@@ -191,6 +220,10 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             resample (`bool`, defaults to False): resample audio at another rate (with python-soxr, see
                 `resample_audio`) instead of raising an error.
             device (*optional*): compute (and, with "pt", return) the features on this device.
+            ambisonics_format (`str`, *optional*): the convention of 4-channel input: "ambix" (ACN order
+                W, Y, Z, X, SN3D: most recordings, e.g. STARSS23), "fuma" (W, X, Y, Z, W at -3 dB) or
+                "soundspaces" (the published model's own layout). Required for 4-channel audio unless the
+                extractor was made with a default `ambisonics_format`.
 
         Returns:
             [`BatchFeature`] with `input_values` float32 `(batch, num_channels, num_frames, num_mel_bins)`,
@@ -216,8 +249,13 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         if return_tensors not in (None, "np", "pt"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
         device = torch.device(device) if device is not None else torch.device("cpu")
+        if ambisonics_format is not None:
+            ambisonics_format = _checked_ambisonics_format(ambisonics_format, "ambisonics_format")
+        ambisonics_format = ambisonics_format or self.ambisonics_format
 
-        clips = [self._adapt_channels(clip, i) for i, clip in enumerate(self._split_batch(raw_audio))]
+        clips = [
+            self._adapt_channels(clip, i, ambisonics_format) for i, clip in enumerate(self._split_batch(raw_audio))
+        ]
         if sampling_rate != self.sampling_rate:
             clips = [self._resample(clip, sampling_rate) for clip in clips]
         features = [self.extract(clip.to(device)) for clip in clips]
@@ -379,7 +417,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"Clip {index} contains NaN or Inf samples.")
         return tensor
 
-    def _adapt_channels(self, clip: torch.Tensor, index: int) -> torch.Tensor:
+    def _adapt_channels(self, clip: torch.Tensor, index: int, ambisonics_format: str | None) -> torch.Tensor:
         """(channels, samples) in the layout the model was trained on."""
         if clip.ndim == 1:
             clip = clip.unsqueeze(0)
@@ -396,6 +434,16 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
                 "A batch of mono clips is a list or a (batch, 1, num_samples) array."
             )
         target = self.audio_channels
+        if channels == 4:
+            if target == 4 and ambisonics_format is None:
+                raise ValueError(
+                    f"Clip {index} is 4-channel ambisonics of unknown convention: pass ambisonics_format="
+                    "'ambix' (ACN order W, Y, Z, X with SN3D: most recordings and tools), 'fuma' (W, X, Y, Z) or "
+                    f"'soundspaces' (the layout the published GRAM-Ambisonics was trained on); this model "
+                    f"expects {self.ambisonics_layout!r} and converts the others."
+                )
+            if ambisonics_format is not None:
+                clip = self._convert_ambisonics(clip, ambisonics_format)
         if channels == target:
             return clip
         if target == 1:  # stereo -> mean, FOA -> W
@@ -406,8 +454,22 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
         mono = clip.mean(dim=0, keepdim=True) if channels == 2 else clip
         return mono.expand(4, -1)
 
+    def _convert_ambisonics(self, clip: torch.Tensor, ambisonics_format: str) -> torch.Tensor:
+        """FOA `(4, samples)` from `ambisonics_format` into the model's layout (for a mono or binaural model,
+        whose W is all that is used, into the same convention: W as pressure)."""
+        if ambisonics_format == self.ambisonics_layout:
+            return clip
+        matrix = torch.tensor(ambisonics_conversion(ambisonics_format, self.ambisonics_layout), dtype=torch.float64)
+        return (matrix @ clip.double()).float()
+
     def _resample(self, clip: torch.Tensor, sampling_rate: int) -> torch.Tensor:
         return torch.from_numpy(resample_audio(clip, int(sampling_rate), int(self.sampling_rate)))
+
+
+def _checked_ambisonics_format(name, what: str) -> str:
+    if name not in AMBISONICS_FORMATS:
+        raise ValueError(f"{what} must be one of {', '.join(AMBISONICS_FORMATS)}, got {name!r}.")
+    return name
 
 
 GramFeatureExtractor.register_for_auto_class()

@@ -117,7 +117,9 @@ def test_conversion_reproduces_the_original(variant, source, tmp_path, audio_cli
     model = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
     extractor = AutoFeatureExtractor.from_pretrained(output, trust_remote_code=True)
     audio = audio_clips_for(AUDIO_CHANNELS_FOR_FEATURES[channels], 4.5)
-    features = extractor(audio, sampling_rate=32000, return_tensors="pt")["input_values"]
+    # 4-channel audio in the original's own (SoundSpaces) layout, which it took as is
+    features = extractor(audio, sampling_rate=32000, return_tensors="pt", ambisonics_format="soundspaces")
+    features = features["input_values"]
     expected_features = original_features([audio], channels)
     assert relative_error(features, expected_features) < 1e-5
     with torch.no_grad():

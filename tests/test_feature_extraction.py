@@ -13,6 +13,8 @@ SR = 32000
 
 
 def extract(audio, num_channels=2, **kwargs):
+    """Features; 4-channel audio is taken in the published model's own layout (as the original code did)."""
+    kwargs.setdefault("ambisonics_format", "soundspaces")
     return GramFeatureExtractor(num_channels=num_channels)(audio, sampling_rate=SR, return_tensors="pt", **kwargs)
 
 
@@ -169,7 +171,8 @@ def test_log_offset_follows_the_format_unless_set(audio_clips):
     assert ambisonic.effective_log_offset == 1e-6
     quiet = 1e-4 * audio_clips(4, 0.5)  # quiet audio: where the offset matters
     torch.testing.assert_close(
-        ambisonic(quiet, sampling_rate=SR, return_tensors="pt")["input_values"], extract(quiet, 7)["input_values"]
+        ambisonic(quiet, sampling_rate=SR, return_tensors="pt", ambisonics_format="soundspaces")["input_values"],
+        extract(quiet, 7)["input_values"],
     )
     assert os.path.isfile(os.path.join(ROOT, "preprocessor_config.json"))
     assert GramFeatureExtractor(num_channels=2, log_offset=1e-5).effective_log_offset == 1e-5
@@ -223,7 +226,7 @@ def test_unsupported_feature_channels():
 def test_finite_but_huge_audio_is_refused_not_turned_into_nan(channels):
     """|x| ~ 1e18 overflows the float32 power spectrum (and the FOA intensity products): every feature would be
     NaN/Inf. The extractor says so instead; ordinary loud PCM-scaled floats still work."""
-    extractor = GramFeatureExtractor(num_channels=7 if channels == 4 else 2)
+    extractor = GramFeatureExtractor(num_channels=7 if channels == 4 else 2, ambisonics_format="soundspaces")
     t = np.arange(32000) / 32000
     tone = np.stack([np.sin(2 * np.pi * 440 * t + c) for c in range(channels)]).astype(np.float32)
     assert np.isfinite(extractor(tone * 32767.0, sampling_rate=32000)["input_values"]).all()

@@ -55,7 +55,7 @@ def test_validator_checks_on_hear_lengths(variant, seconds, model_dirs):
 
 
 def test_multichannel_input_and_batch_independence(model_dirs):
-    model = gram_hear.load_model(str(model_dirs["ambisonics-frame"]), batch_size=2)
+    model = gram_hear.load_model(str(model_dirs["ambisonics-frame"]), batch_size=2, ambisonics_format="ambix")
     foa = torch.rand(3, 4, int(1.5 * SR)) - 0.5
     together = gram_hear.get_scene_embeddings(foa, model)
     for i in range(3):

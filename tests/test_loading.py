@@ -200,8 +200,8 @@ def test_feature_extractor_round_trip(num_channels, tmp_path):
     assert loaded.to_dict() == extractor.to_dict()
     audio = torch.randn(extractor.audio_channels, 16000) * 0.1
     torch.testing.assert_close(
-        loaded(audio, sampling_rate=32000, return_tensors="pt")["input_values"],
-        extractor(audio, sampling_rate=32000, return_tensors="pt")["input_values"],
+        loaded(audio, sampling_rate=32000, return_tensors="pt", ambisonics_format="fuma")["input_values"],
+        extractor(audio, sampling_rate=32000, return_tensors="pt", ambisonics_format="fuma")["input_values"],
     )
 
 
@@ -212,7 +212,7 @@ assert "modeling_gram" not in sys.modules
 model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 extractor = AutoFeatureExtractor.from_pretrained(sys.argv[1], trust_remote_code=True)
 audio = torch.load(sys.argv[2])
-inputs = extractor(audio, sampling_rate=32000, return_tensors="pt")
+inputs = extractor(audio, sampling_rate=32000, return_tensors="pt", ambisonics_format="ambix")
 with torch.no_grad():
     out = {s: model(**inputs, strategy=s).pooler_output.tolist() for s in ("raw", "mean", "cls")}
 print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "pooled": out}))
@@ -241,7 +241,7 @@ def test_saved_directory_loads_offline_in_a_clean_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["class"].startswith("transformers_modules.")
-    inputs = extractor(audio, sampling_rate=32000, return_tensors="pt")
+    inputs = extractor(audio, sampling_rate=32000, return_tensors="pt", ambisonics_format="ambix")
     with torch.no_grad():
         for strategy, values in report["pooled"].items():
             expected = model(**inputs, strategy=strategy).pooler_output

@@ -95,7 +95,7 @@ def test_steps_per_second():
 @pytest.mark.parametrize("variant", ["binaural-frame", "ambisonics-time"])
 def test_clip_embeds_the_same_alone_or_in_a_padded_batch(variant, strategy, audio_clips):
     model = GramModel(tiny_config(variant)).eval()
-    extractor = GramFeatureExtractor(num_channels=model.config.num_channels)
+    extractor = GramFeatureExtractor(num_channels=model.config.num_channels, ambisonics_format="ambix")
     channels = AUDIO_CHANNELS[variant.split("-")[0]]
     clips = [audio_clips(channels, 1.3), audio_clips(channels, 5.1), audio_clips(channels, 2.0)]
     batch = extractor(clips, sampling_rate=32000, return_tensors="pt")

@@ -28,7 +28,8 @@ def test_bf16_weights_track_fp32_for_every_strategy(variant, saved_models, audio
     bf16 = AutoModel.from_pretrained(saved_models[variant], trust_remote_code=True, dtype=torch.bfloat16).eval()
     channels = fp32.config.num_channels
     audio = audio_clips(AUDIO_CHANNELS_FOR_FEATURES[channels], 3.3)
-    inputs = GramFeatureExtractor(num_channels=channels)(audio, sampling_rate=32000, return_tensors="pt")
+    extractor = GramFeatureExtractor(num_channels=channels, ambisonics_format="ambix")
+    inputs = extractor(audio, sampling_rate=32000, return_tensors="pt")
     seen = {}
     conv = bf16.embeddings.patch_embeddings.projection
 

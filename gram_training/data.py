@@ -228,9 +228,17 @@ class ImpulseResponseBank:
     `several=True` (noise), a `.npy` may also hold `(sources, channels, taps)`: the impulse responses of
     several noise positions of one room, whose contributions are summed; draws are then `(K, C, taps)`."""
 
-    def __init__(self, folder: str | os.PathLike, channels: int, sampling_rate: int, several: bool = False):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        channels: int,
+        sampling_rate: int,
+        several: bool = False,
+        conversion: np.ndarray | None = None,
+    ):
         self.folder, self.channels, self.sampling_rate = Path(folder), channels, sampling_rate
         self.several = several
+        self.conversion = conversion  # (channels, channels) applied to every response (ambisonic conventions)
         self.files = find_audio_files(folder)
         self._cache: dict[int, np.ndarray | None] = {}
 
@@ -240,6 +248,8 @@ class ImpulseResponseBank:
             rirs = rirs[None]
         if rirs.shape[1] != self.channels:
             raise BadAudioError(f"expected {self.channels} channels, got {rirs.shape[1]}")
+        if self.conversion is not None:
+            rirs = np.einsum("oc,kct->kot", self.conversion, rirs).astype(np.float32)
         return rirs if self.several else rirs[0]
 
     def draw(self, rng: np.random.Generator, skipped: SkippedFiles) -> np.ndarray:
@@ -280,14 +290,20 @@ class SceneDataset(IterableDataset):
         sampling_rate: int = 32000,
         clip_seconds: float = 10.0,
         seed: int = 0,
+        rir_conversion: np.ndarray | None = None,
     ):
         if channels not in (1, 2, 4):
             raise ValueError(f"channels must be 1, 2 or 4, got {channels}.")
         self.source = FolderSource(source) if isinstance(source, (str, os.PathLike)) else source
-        self.rirs = ImpulseResponseBank(rir_folder, channels, sampling_rate)
+        # A linear map of the channels commutes with the convolution: converting the responses converts the scenes.
+        self.rirs = ImpulseResponseBank(rir_folder, channels, sampling_rate, conversion=rir_conversion)
         self.noises = FolderSource(noise_folder) if noise_folder is not None else None
         self.noise_rirs = ImpulseResponseBank(
-            noise_rir_folder if noise_rir_folder is not None else rir_folder, channels, sampling_rate, several=True
+            noise_rir_folder if noise_rir_folder is not None else rir_folder,
+            channels,
+            sampling_rate,
+            several=True,
+            conversion=rir_conversion,
         )
         self.sampling_rate, self.seed = sampling_rate, seed
         self.clip_samples = int(round(clip_seconds * sampling_rate))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from configuration_gram import GRAM_FORMATS
+from configuration_gram import DEFAULT_AMBISONICS_LAYOUT, GRAM_FORMATS
 from feature_extraction_gram import GramFeatureExtractor
 from gram_io import staged_directory
 from gram_training.rooms import RoomSpec, direction_vector
@@ -133,7 +133,10 @@ def gram_embeddings(
     with torch.no_grad():
         for start in range(0, len(audio), batch_size):
             features = extractor(
-                list(audio[start : start + batch_size]), sampling_rate=SAMPLING_RATE, return_tensors="pt"
+                list(audio[start : start + batch_size]),
+                sampling_rate=SAMPLING_RATE,
+                return_tensors="pt",
+                ambisonics_format=DEFAULT_AMBISONICS_LAYOUT,  # the simulator renders in this layout
             )
             outputs.append(model(**features).pooler_output.float())
     return torch.cat(outputs).numpy()

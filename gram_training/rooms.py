@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from configuration_gram import AMBISONICS_FORMATS, DEFAULT_AMBISONICS_LAYOUT
+
 SPEED_OF_SOUND = 343.0
-# ACN channels 0..3 are W, Y, Z, X; GRAM's ambisonic layout is W, X, Y, Z.
-_ACN_TO_WXYZ = [0, 3, 1, 2]
+# ACN channels 0..3 are W, Y, Z, X: reordered to (pressure, front, left, up) in the listener's frame.
+_ACN_TO_FRONT_LEFT_UP = [0, 3, 1, 2]
 
 
 def direction_vector(azimuth_deg, elevation_deg) -> np.ndarray:
@@ -78,10 +80,11 @@ class RoomSpec:
         return room
 
 
-def foa_rir(spec: RoomSpec, sampling_rate: int = 32000) -> np.ndarray:
-    """First-order ambisonic RIR `(4, length)` float32, channels W, X, Y, Z, SN3D normalisation (W is the
-    omnidirectional pressure; X, Y, Z are the figure-of-eight components, equal to W times the direction's
-    x, y, z for a plane wave)."""
+def foa_rir(spec: RoomSpec, sampling_rate: int = 32000, layout: str = DEFAULT_AMBISONICS_LAYOUT) -> np.ndarray:
+    """First-order ambisonic RIR `(4, length)` float32 in the channel convention `layout` (see
+    `configuration_gram.AMBISONICS_FORMATS`). The default is the layout the published GRAM-Ambisonics was
+    pretrained on (SoundSpaces: W, up, back, right with N3D gains), so that models pretrained here and converted
+    published checkpoints read 4-channel audio the same way. W is the omnidirectional pressure."""
     import pyroomacoustics as pra
     from pyroomacoustics.directivities import RealSphericalHarmonicsDirectivity
 
@@ -100,7 +103,10 @@ def foa_rir(spec: RoomSpec, sampling_rate: int = 32000) -> np.ndarray:
     scale = np.array([1.0, 1.0 / np.sqrt(3.0), 1.0 / np.sqrt(3.0), 1.0 / np.sqrt(3.0)]) * np.sqrt(4.0 * np.pi)
     length = min(len(room.rir[m][0]) for m in range(4))
     acn_rir = np.stack([np.asarray(room.rir[m][0][:length]) for m in range(4)]) * scale[:, None]
-    return acn_rir[_ACN_TO_WXYZ].astype(np.float32)
+    # SN3D components along (front, left, up) are a plane wave's gains (1, u_front, u_left, u_up): the
+    # convention table's rows encode them into any layout.
+    components = acn_rir[_ACN_TO_FRONT_LEFT_UP]
+    return (np.asarray(AMBISONICS_FORMATS[layout], dtype=np.float64) @ components).astype(np.float32)
 
 
 @dataclass

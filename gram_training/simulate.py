@@ -10,7 +10,9 @@
 
 writes `sources/*.wav` (mono, 32 kHz), `noise/*.wav`, `rirs/*.npy` (`(channels, taps)` float32),
 `noise_rirs/*.npy` (`(noise_sources, channels, taps)`: other points of the same rooms) and `rirs.json` (each
-RIR's room and source direction), ready for `python -m gram_training.train`.
+RIR's room and source direction), ready for `python -m gram_training.train`. Binaural channels are left, right;
+ambisonic ones are in the layout the published GRAM-Ambisonics was pretrained on (SoundSpaces: W, up, back,
+right with N3D gains; `configuration_gram.AMBISONICS_FORMATS`), recorded in `rirs.json`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from configuration_gram import DEFAULT_AMBISONICS_LAYOUT
 from feature_extraction_gram import resample_audio
 from gram_io import read_audio, staged_directory
 from gram_training.rooms import RoomSpec, binaural_rir, foa_rir, load_kemar
@@ -102,7 +105,8 @@ def speech(sampling_rate: int = 32000, sentences=SENTENCES, voices=VOICES) -> li
 
 
 def room_impulse_response(spec: RoomSpec, audio_format: str, sampling_rate: int = 32000) -> np.ndarray:
-    """`(2, taps)` binaural or `(4, taps)` W, X, Y, Z impulse response of `spec`."""
+    """`(2, taps)` binaural (left, right) or `(4, taps)` first-order ambisonic impulse response of `spec`, the
+    latter in the published GRAM-Ambisonics' layout (`DEFAULT_AMBISONICS_LAYOUT`: W, up, back, right, N3D)."""
     if audio_format == "binaural":
         return binaural_rir(spec, sampling_rate)
     if audio_format == "ambisonics":
@@ -164,7 +168,15 @@ def write_pretraining_data(
             )
             metadata.append({"file": f"rir{index:04d}.npy", **asdict(spec), "noise": [asdict(n) for n in noise_specs]})
         (staging / "rirs.json").write_text(
-            json.dumps({"audio_format": audio_format, "sampling_rate": sampling_rate, "rirs": metadata}, indent=1)
+            json.dumps(
+                {
+                    "audio_format": audio_format,
+                    "sampling_rate": sampling_rate,
+                    **({"ambisonics_layout": DEFAULT_AMBISONICS_LAYOUT} if audio_format == "ambisonics" else {}),
+                    "rirs": metadata,
+                },
+                indent=1,
+            )
         )
     return Path(output_dir)
 

@@ -12,17 +12,20 @@ or `accelerate launch`; each process (and each DataLoader worker) reads its own 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from configuration_gram import GRAM_VARIANTS, GramConfig
+from configuration_gram import AMBISONICS_FORMATS, GRAM_VARIANTS, GramConfig, ambisonics_conversion
 from feature_extraction_gram import GramFeatureExtractor
 from gram_training.data import HubSource, SceneDataset, collate_scenes
 from gram_training.scenes import SceneBuilder, SceneConfig
@@ -79,6 +82,13 @@ class DataArguments:
     noise_dir: str | None = field(default=None, metadata={"help": "folder of noise clips; no noise if not given"})
     noise_rir_dir: str | None = field(
         default=None, metadata={"help": "impulse responses for the noise (default: rir_dir)"}
+    )
+    rir_ambisonics_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "ambisonic models: the convention of the impulse responses (ambix, fuma, soundspaces), converted "
+            "to the model's layout; read from the rirs.json that gram-simulate writes beside the folder when not given"
+        },
     )
     snr_db_min: float = 5.0
     snr_db_max: float = 40.0
@@ -219,6 +229,10 @@ def build_dataset(data_args: DataArguments, config: GramConfig, seed: int) -> Sc
         local_paths=data_args.hf_local_paths,
     )
     channels = config.audio_channels
+    conversion = None
+    if config.audio_format == "ambisonics":
+        rir_format = data_args.rir_ambisonics_format or simulated_ambisonics_layout(data_args.rir_dir)
+        conversion = np.asarray(ambisonics_conversion(rir_format, config.ambisonics_layout), dtype=np.float32)
     return SceneDataset(
         source,
         data_args.rir_dir,
@@ -228,7 +242,24 @@ def build_dataset(data_args: DataArguments, config: GramConfig, seed: int) -> Sc
         config.sampling_rate,
         data_args.clip_seconds,
         seed,
+        rir_conversion=conversion,
     )
+
+
+def simulated_ambisonics_layout(rir_dir: str) -> str:
+    """The layout `gram-simulate` recorded in the rirs.json beside `rir_dir`; ambisonic impulse responses of
+    unknown convention are refused rather than guessed."""
+    record = Path(rir_dir).resolve().parent / "rirs.json"
+    try:
+        layout = json.loads(record.read_text()).get("ambisonics_layout") if record.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        layout = None
+    if layout not in AMBISONICS_FORMATS:
+        raise ValueError(
+            f"Unknown convention of the ambisonic impulse responses in {rir_dir}: pass --rir_ambisonics_format "
+            f"({', '.join(AMBISONICS_FORMATS)}); gram-simulate records it in rirs.json."
+        )
+    return layout
 
 
 def with_gpu_defaults(argv: list[str], cuda: bool) -> list[str]:

@@ -1,6 +1,7 @@
 """Offline spatial material: FOA and binaural room impulse responses, the KEMAR loader, sounds and speech."""
 
 import bz2
+import json
 import os
 import pickle
 
@@ -99,7 +100,11 @@ def test_write_pretraining_data_is_complete_and_atomic(tmp_path):
     assert sorted(os.listdir(output)) == [".gram-output.json", "noise", "noise_rirs", "rirs", "rirs.json", "sources"]
     assert np.load(output / "rirs" / "rir0000.npy").shape[0] == 4
     assert len(os.listdir(output / "noise_rirs")) == 2
-    assert np.load(output / "noise_rirs" / "rir0000.npy").shape[:2] == (3, 4)  # 3 noise positions, W X Y Z
+    assert np.load(output / "noise_rirs" / "rir0000.npy").shape[:2] == (3, 4)  # 3 noise positions, 4 channels
+    assert json.loads((output / "rirs.json").read_text())["ambisonics_layout"] == "soundspaces"
+    from gram_training.train import simulated_ambisonics_layout
+
+    assert simulated_ambisonics_layout(str(output / "rirs")) == "soundspaces"  # what pretraining reads
     with pytest.raises(ValueError, match="exists and is not empty; pass --overwrite to replace it"):
         simulate.write_pretraining_data(output, "ambisonics", num_rirs=1)
     with pytest.raises(ValueError, match="audio_format"):

@@ -49,6 +49,7 @@ LOAD_MODEL_OPTIONS = (
     "ambisonics_format",
     "in_channels",
     "use_mwmae_decoder",
+    "num_attention_heads",
 )
 
 
@@ -168,7 +169,7 @@ def _is_package_layout(path: str) -> bool:
         return False
 
 
-def _load_encoder(path: str) -> tuple[GramModel, GramFeatureExtractor]:
+def _load_encoder(path: str, num_attention_heads: int = 12) -> tuple[GramModel, GramFeatureExtractor]:
     if _is_package_layout(path):
         model = GramModel.from_pretrained(path)
         try:
@@ -179,7 +180,7 @@ def _load_encoder(path: str) -> tuple[GramModel, GramFeatureExtractor]:
     from convert_checkpoint import load_original_encoder  # original checkpoints only
 
     logger.info("%s is an original GRAM checkpoint: converting it in memory.", path)
-    model = load_original_encoder(path)
+    model = load_original_encoder(path, num_attention_heads=num_attention_heads)
     return model, GramFeatureExtractor.from_config(model.config)
 
 
@@ -197,6 +198,8 @@ def load_model(model_file_path: str = "", **kwargs) -> GramHearModel:
             embed 4-channel audio with an ambisonic model).
         in_channels: as the original's scripts pass it: the model's feature channels (1, 2 or 7), checked.
         use_mwmae_decoder: accepted for the original's scripts; the decoder plays no part in embeddings.
+        num_attention_heads: encoder heads of an original checkpoint, which its weights do not show (default 12,
+            the published models'); ignored for directories of this package.
         device: "cpu" (default) or "cuda"; batch_size: clips per forward pass (default 8).
     """
     unknown = set(kwargs) - set(LOAD_MODEL_OPTIONS)
@@ -204,7 +207,8 @@ def load_model(model_file_path: str = "", **kwargs) -> GramHearModel:
         raise TypeError(f"Unknown load_model arguments: {sorted(unknown)}; expected some of {LOAD_MODEL_OPTIONS}.")
     variant = kwargs.get("variant")
     path = _resolve(model_file_path, variant)
-    model, extractor = _load_encoder(path)
+    heads = _as_int(kwargs.get("num_attention_heads", 12), "num_attention_heads")
+    model, extractor = _load_encoder(path, heads)
     if variant is not None and f"{model.config.audio_format}-{model.config.patching}" != variant:
         raise ValueError(f"{path} holds a {model.config.audio_format}-{model.config.patching} model, not {variant}.")
     if kwargs.get("in_channels") not in (None, ""):

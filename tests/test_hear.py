@@ -111,3 +111,50 @@ def test_pcm_numpy_empty_and_bad_batch_sizes(model_dirs):
             gram_hear.load_model(str(model_dirs["binaural-time"]), batch_size=size)
     with pytest.raises(TypeError, match="torch tensor"):
         gram_hear.get_scene_embeddings([[0.0] * SR], model)
+
+
+def test_the_evaluation_kits_layout_is_read_as_samples_by_channels(model_dirs):
+    """heareval and listen-eval-kit read wavs with soundfile: a batch arrives as (n_sounds, n_samples, channels)."""
+    binaural = gram_hear.load_model(str(model_dirs["binaural-time"]))
+    ours = torch.rand(3, 2, int(1.2 * SR)) - 0.5
+    kits = ours.transpose(1, 2).contiguous()
+    torch.testing.assert_close(gram_hear.get_scene_embeddings(kits, binaural), binaural.embed(ours).pooler_output)
+    steps, _ = gram_hear.get_timestamp_embeddings(kits.numpy(), binaural)
+    torch.testing.assert_close(steps, gram_hear.get_timestamp_embeddings(ours, binaural)[0])
+
+    foa = (torch.rand(2, int(1.2 * SR), 4) - 0.5).numpy()
+    ambisonic = gram_hear.load_model(str(model_dirs["ambisonics-frame"]))
+    with pytest.raises(ValueError, match="load the model with ambisonics_format="):
+        gram_hear.get_scene_embeddings(foa, ambisonic)
+    ambix = gram_hear.load_model(str(model_dirs["ambisonics-frame"]), ambisonics_format="ambix")
+    expected = ambix.extractor(list(torch.from_numpy(foa).transpose(1, 2)), sampling_rate=SR, return_tensors="pt",
+                               ambisonics_format="ambix")  # fmt: skip
+    with torch.no_grad():
+        reference = ambix.model(**expected, strategy="raw").pooler_output
+    torch.testing.assert_close(gram_hear.get_scene_embeddings(foa, ambix), reference)
+    with pytest.raises(ValueError, match="ambisonics_format must be one of"):
+        gram_hear.load_model(str(model_dirs["ambisonics-frame"]), ambisonics_format="acn")
+
+
+def test_original_hub_repo_is_converted_in_memory(tmp_path, monkeypatch):
+    """load_model("labhamlet/gramt-binaural-time") (the default): the original repo's weights, converted."""
+    from conftest import TINY, make_original
+    from huggingface_hub import constants
+    from test_convert_checkpoint import save_runtime_safetensors
+    from test_hub_source import add_to_fake_hub
+
+    from convert_checkpoint import load_original_encoder
+
+    weights = tmp_path / "model.safetensors"
+    save_runtime_safetensors(make_original("binaural-time"), weights)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    add_to_fake_hub(tmp_path / "cache", gram_hear.DEFAULT_MODEL, weights)
+    monkeypatch.delenv("GRAM_HEAR_MODEL", raising=False)
+    model = gram_hear.load_model(num_attention_heads=TINY["num_attention_heads"])
+    reference = load_original_encoder(str(weights), num_attention_heads=TINY["num_attention_heads"])
+    audio = torch.rand(2, int(1.5 * SR)) - 0.5
+    with torch.no_grad():
+        features = model.extractor(list(audio), sampling_rate=SR, return_tensors="pt")
+        expected = reference(**features).pooler_output
+    torch.testing.assert_close(gram_hear.get_scene_embeddings(audio, model), expected)

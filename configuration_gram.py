@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -64,6 +65,21 @@ GRAM_AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_gram.GramForPreTraining",
     "AutoModelForAudioClassification": "modeling_gram.GramForAudioClassification",
     "AutoFeatureExtractor": "feature_extraction_gram.GramFeatureExtractor",
+}
+# transformers' `custom_pipelines`: `pipeline(task, model=<GRAM directory>, trust_remote_code=True)` builds these
+# (pipeline_gram.py), which take multi-channel audio. Derived from the code, so every config has the current
+# table: `config.custom_pipelines` is a fresh copy each time (transformers' pipeline() edits the one it gets).
+GRAM_CUSTOM_PIPELINES = {
+    "audio-classification": {
+        "impl": "pipeline_gram.GramAudioClassificationPipeline",
+        "pt": ["AutoModelForAudioClassification"],
+        "type": "audio",
+    },
+    "feature-extraction": {
+        "impl": "pipeline_gram.GramAudioEmbeddingPipeline",
+        "pt": ["AutoModel"],
+        "type": "audio",
+    },
 }
 
 
@@ -203,6 +219,7 @@ class GramConfig(PretrainedConfig):
                 f"Ignoring legacy config key max_length={legacy}; GRAM chunks are chunk_frames={chunk_frames}."
             )
         auto_map = kwargs.pop("auto_map", None)
+        kwargs.pop("custom_pipelines", None)  # derived from the code (the property below), never from a file
         super().__init__(**kwargs)
         self.auto_map = {**GRAM_AUTO_MAP, **(auto_map or {})}
 
@@ -320,6 +337,15 @@ class GramConfig(PretrainedConfig):
         different = [f"{name}: model {ours}, extractor {theirs}" for name, ours, theirs in pairs if ours != theirs]
         if different:
             raise ValueError(f"The feature extractor does not match the model ({'; '.join(different)}).")
+
+    @property
+    def custom_pipelines(self) -> dict[str, dict[str, Any]]:
+        return copy.deepcopy(GRAM_CUSTOM_PIPELINES)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["custom_pipelines"] = self.custom_pipelines  # for the Hub and for readers of config.json
+        return output
 
     @property
     def grid_size(self) -> tuple[int, int]:

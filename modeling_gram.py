@@ -361,7 +361,7 @@ class GramEncoder(nn.Module):
 # ------------------------------------------------------------------------------------------------------
 # Pretrained model base
 # ------------------------------------------------------------------------------------------------------
-REMOTE_CODE_FILES = ("configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py")
+REMOTE_CODE_FILES = ("configuration_gram.py", "modeling_gram.py", "feature_extraction_gram.py", "pipeline_gram.py")
 
 
 class GramPreTrainedModel(PreTrainedModel):

@@ -103,6 +103,7 @@ def test_conversion_reproduces_the_original(variant, source, tmp_path, audio_cli
         "configuration_gram.py",
         "modeling_gram.py",
         "feature_extraction_gram.py",
+        "pipeline_gram.py",
         ".gram-output.json",
     }
     config = json.load(open(output / "config.json"))

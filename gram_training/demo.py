@@ -240,26 +240,60 @@ def evaluate(name: str, embeddings: np.ndarray, scenes: SpatialScenes, work_dir:
         "angular_error_mean_deg": float(errors.mean()),
         "angular_error_median_deg": float(errors.median()),
         "predicted_azimuths": predicted_azimuths[test].tolist(),
+        "azimuth_error_median_deg": float(
+            np.median(np.abs(wrapped_azimuth_error(predicted_azimuths[test], scenes.azimuths[test])))
+        ),
     }
 
 
+def wrapped_azimuth_error(predicted_deg, true_deg) -> np.ndarray:
+    """Signed azimuth error in [-180, 180): azimuth wraps, so -170 predicted for +170 is 20 degrees off, not 340."""
+    return (np.asarray(predicted_deg) - np.asarray(true_deg) + 180.0) % 360.0 - 180.0
+
+
+AZIMUTH_CONVENTION = "azimuth: 0 = front, +90 = left, ±180 = back (counter-clockwise seen from above)"
+
+
 def plot_directions(results: list[dict], true_azimuths: np.ndarray, path: Path) -> None:
+    """Per representation: predicted against true azimuth, each prediction drawn at its copy (±360) nearest the
+    truth so that the wrap at ±180 does not look like a 340-degree miss; below, the wrapped error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.6), squeeze=False)
-    for axis, result in zip(axes[0], results):
-        axis.scatter(true_azimuths, result["predicted_azimuths"], s=18, alpha=0.7)
-        axis.plot([-180, 180], [-180, 180], color="grey", linewidth=1)
-        axis.set(
+    figure, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 8.4), squeeze=False)
+    for column, result in enumerate(results):
+        error = wrapped_azimuth_error(result["predicted_azimuths"], true_azimuths)
+        top, bottom = axes[0, column], axes[1, column]
+        top.scatter(true_azimuths, true_azimuths + error, s=18, alpha=0.7, label="test scene (unseen room)")
+        top.plot([-180, 180], [-180, 180], color="grey", linewidth=1, label="perfect prediction")
+        for edge in (-180, 180):
+            top.axhline(edge, color="grey", linestyle=":", linewidth=1)
+        top.plot([], [], color="grey", linestyle=":", linewidth=1, label="±180: the same direction (back)")
+        top.set(
+            xlim=(-180, 180),
+            ylim=(-360, 360),
+            xticks=range(-180, 181, 90),
+            yticks=range(-360, 361, 90),
+            xlabel="true azimuth (deg)",
+            ylabel="predicted azimuth (deg, unwrapped to the nearest copy)",
+            title=f"{result['representation']}: median angular error {result['angular_error_median_deg']:.0f} deg",
+        )
+        top.legend(loc="upper left", fontsize=8)
+        bottom.scatter(true_azimuths, error, s=18, alpha=0.7, color="tab:orange", label="predicted − true, wrapped")
+        bottom.axhline(0, color="grey", linewidth=1)
+        bottom.set(
             xlim=(-180, 180),
             ylim=(-180, 180),
+            xticks=range(-180, 181, 90),
+            yticks=range(-180, 181, 90),
             xlabel="true azimuth (deg)",
-            ylabel="predicted azimuth (deg)",
-            title=f"{result['representation']}: median error {result['angular_error_median_deg']:.0f} deg",
+            ylabel="azimuth error (deg, in [-180, 180))",
+            title=f"median |azimuth error| {np.median(np.abs(error)):.0f} deg",
         )
+        bottom.legend(loc="upper left", fontsize=8)
+    figure.suptitle(AZIMUTH_CONVENTION, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -348,6 +382,7 @@ def run_demo(
             "train_scenes": int((~scenes.is_test).sum()),
             "test_scenes": int(scenes.is_test.sum()),
             "kinds": scenes.kind_names,
+            "azimuth_convention": AZIMUTH_CONVENTION,
             "true_azimuths": true_azimuths.tolist(),
             "results": results,
         }
@@ -360,12 +395,14 @@ def run_demo(
 def format_table(summary: dict) -> str:
     lines = [
         f"{summary['test_scenes']} test scenes in unseen rooms ({summary['audio_format']}), model: {summary['model']}",
-        f"{'representation':<18} {'size':>6} {'kind accuracy':>14} {'median error':>13} {'mean error':>11}",
+        f"{'representation':<18} {'size':>6} {'kind accuracy':>14} {'median error':>13} {'mean error':>11} "
+        f"{'median azimuth error':>21}",
     ]
     for r in summary["results"]:
         lines.append(
             f"{r['representation']:<18} {r['embedding_size']:>6} {r['kind_accuracy']:>13.1%} "
-            f"{r['angular_error_median_deg']:>12.1f}° {r['angular_error_mean_deg']:>10.1f}°"
+            f"{r['angular_error_median_deg']:>12.1f}° {r['angular_error_mean_deg']:>10.1f}° "
+            f"{r['azimuth_error_median_deg']:>20.1f}°"
         )
     lines.append(f"(chance accuracy {summary['results'][0]['kind_chance']:.1%}; a constant direction guess errs ~90°)")
     return "\n".join(lines)

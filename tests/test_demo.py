@@ -85,6 +85,8 @@ def test_demo_command_end_to_end(tmp_path):
     for r in summary["results"]:
         assert 0 <= r["kind_accuracy"] <= 1 and 0 <= r["angular_error_median_deg"] <= 180
         assert len(r["predicted_azimuths"]) == summary["test_scenes"] == 3
+        assert 0 <= r["azimuth_error_median_deg"] <= 180
+    assert summary["azimuth_convention"].startswith("azimuth: 0 = front, +90 = left")
     assert "log-mel baseline" in result.stdout and "kind accuracy" in result.stdout
 
 
@@ -108,3 +110,18 @@ def test_demo_with_a_given_model_checks_its_format(tmp_path):
     )
     assert result.returncode == 2 and "takes 2 feature channels" in result.stderr
     assert not output.exists() and [p for p in os.listdir(tmp_path) if p != "model"] == []
+
+
+def test_azimuth_errors_wrap_at_180_degrees():
+    # -170 predicted for +170 is 20 degrees off (across the back), not 340; +90 for -90 is a half turn
+    np.testing.assert_allclose(demo.wrapped_azimuth_error([-170.0, 170.0, 90.0, 10.0], [170.0, -170.0, -90.0, 10.0]),
+                               [20.0, -20.0, -180.0, 0.0])  # fmt: skip
+    rng = np.random.default_rng(0)
+    predicted, true = rng.uniform(-180, 180, 500), rng.uniform(-180, 180, 500)
+    error = demo.wrapped_azimuth_error(predicted, true)
+    # an independent reference: the angle between the two horizontal directions, with its sign
+    unit = lambda deg: np.stack([np.cos(np.radians(deg)), np.sin(np.radians(deg))])  # noqa: E731
+    between = np.degrees(np.arccos(np.clip((unit(predicted) * unit(true)).sum(0), -1, 1)))
+    np.testing.assert_allclose(np.abs(error), between, atol=1e-6)
+    cross = unit(true)[0] * unit(predicted)[1] - unit(true)[1] * unit(predicted)[0]
+    assert np.all(np.sign(error[np.abs(error) > 1e-3]) == np.sign(cross[np.abs(error) > 1e-3]))

@@ -12,9 +12,9 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 # The published variants: audio format x patching. Feature channels: mono 1, binaural 2 (left, right
-# log-mels), ambisonics 7 (W, X, Y, Z log-mels + 3 intensity-vector channels).
+# log-mels), ambisonics 7 (4 first-order ambisonic log-mels + 3 intensity-vector channels).
 GRAM_FORMATS = {"mono": 1, "binaural": 2, "ambisonics": 7}
-# Audio channels each format records (FOA: W, X, Y, Z). The one table of the package, with GRAM_FORMATS.
+# Audio channels each format records (first-order ambisonics: 4, see AMBISONICS_FORMATS). The one table of the package, with GRAM_FORMATS.
 AUDIO_CHANNELS = {"mono": 1, "binaural": 2, "ambisonics": 4}
 GRAM_PATCHINGS = {
     # (freq, time) patch size, MW-MAE decoder window size per head (0 = global attention)
@@ -368,7 +368,7 @@ class GramConfig(PretrainedConfig):
 
     @property
     def audio_channels(self) -> int:
-        """Channels of the audio this model takes: 1 (mono), 2 (binaural) or 4 (FOA W, X, Y, Z)."""
+        """Channels of the audio this model takes: 1 (mono), 2 (binaural: left, right) or 4 (first-order ambisonics)."""
         return AUDIO_CHANNELS[self.audio_format]
 
     @property

@@ -428,7 +428,7 @@ def write_model_card(
 ) -> None:
     descriptions = {
         "binaural": "two-channel binaural audio",
-        "ambisonics": "four-channel first-order ambisonics (W, X, Y, Z)",
+        "ambisonics": "four-channel first-order ambisonics (declare its convention: `ambisonics_format`)",
         "mono": "single-channel audio",
     }
     if untrained:

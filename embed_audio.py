@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from configuration_gram import POOLING_STRATEGIES
+from configuration_gram import AMBISONICS_FORMATS, POOLING_STRATEGIES
 from feature_extraction_gram import GramFeatureExtractor
 from gram_io import (
     AUDIO_EXTENSIONS,
@@ -165,6 +165,7 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
                     sampling_rate=extractor.sampling_rate,
                     return_tensors="pt",
                     device=args.device,
+                    ambisonics_format=args.ambisonics_format,
                 )
                 with torch.inference_mode():
                     out = model(**inputs, strategy=args.strategy, layer=args.layer)
@@ -185,9 +186,8 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
             for item in files:
                 try:
                     audio = read_audio(item.path, extractor.sampling_rate, args.resample, name="")
-                    extractor(
-                        [audio], sampling_rate=extractor.sampling_rate
-                    )  # raises on bad content (short, NaN, huge)
+                    # raises on bad content (short, NaN, huge, 4 channels of unknown convention)
+                    extractor([audio], sampling_rate=extractor.sampling_rate, ambisonics_format=args.ambisonics_format)
                 except ValueError as error:
                     skipped.append((item.path, str(error)))
                     progress.update(1)
@@ -219,6 +219,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--resample", action="store_true", help="resample files not at 32 kHz")
+    parser.add_argument(
+        "--ambisonics-format",
+        choices=sorted(AMBISONICS_FORMATS),
+        help="convention of 4-channel files (required for them): ambix (ACN/SN3D, most recordings), fuma, soundspaces",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:

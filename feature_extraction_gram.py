@@ -183,7 +183,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
 
     @property
     def audio_channels(self) -> int:
-        """Channels of the audio the model is made for: 1 (mono), 2 (binaural) or 4 (FOA W, X, Y, Z)."""
+        """Channels of the audio the model is made for: 1 (mono), 2 (binaural: left, right) or 4 (first-order ambisonics)."""
         return AUDIO_CHANNELS_FOR_FEATURES[self.num_channels]
 
     def to_dict(self) -> dict[str, Any]:
@@ -430,7 +430,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
                 )
             raise ValueError(
                 f"Clip {index} has {channels} channels (shape {tuple(clip.shape)}); expected (num_samples,) or "
-                "(channels, num_samples) with 1 (mono), 2 (binaural/stereo) or 4 (FOA W, X, Y, Z) channels. "
+                "(channels, num_samples) with 1 (mono), 2 (binaural/stereo) or 4 (first-order ambisonics) channels. "
                 "A batch of mono clips is a list or a (batch, 1, num_samples) array."
             )
         target = self.audio_channels
@@ -450,7 +450,7 @@ class GramFeatureExtractor(SequenceFeatureExtractor):
             return clip.mean(dim=0, keepdim=True) if channels == 2 else clip[:1]
         if target == 2:  # mono -> duplicated, FOA -> W twice
             return clip[:1].expand(2, -1)
-        # ambisonics: mono (or stereo averaged to mono) on all of W, X, Y, Z
+        # ambisonics: mono (or stereo averaged to mono) on all four channels
         mono = clip.mean(dim=0, keepdim=True) if channels == 2 else clip
         return mono.expand(4, -1)
 

@@ -277,7 +277,7 @@ def plot_directions(results: list[dict], true_azimuths: np.ndarray, path: Path) 
             xticks=range(-180, 181, 90),
             yticks=range(-360, 361, 90),
             xlabel="true azimuth (deg)",
-            ylabel="predicted azimuth (deg, unwrapped to the nearest copy)",
+            ylabel="predicted azimuth (deg, nearest ±360 copy)",
             title=f"{result['representation']}: median angular error {result['angular_error_median_deg']:.0f} deg",
         )
         top.legend(loc="upper left", fontsize=8)

@@ -248,3 +248,23 @@ def test_coprime_rates_resample_with_bounded_memory(tmp_path):
     samples, error, max_rss_kb = result.stdout.split()
     assert int(samples) == 32000 * 5 and float(error) < 1e-3
     assert int(max_rss_kb) < 300_000  # kB of growth while resampling: far below a 32001-phase sinc kernel's GBs
+
+
+def test_ambisonic_files_need_their_convention(tmp_path, capsys):
+    """A 4-channel file into an ambisonic model is skipped, with the reason, unless --ambisonics-format says
+    its convention; then the embedding is the model's on the converted channels."""
+    torch.manual_seed(0)
+    model = GramModel(tiny_config("ambisonics-time")).eval()
+    model.save_pretrained(tmp_path / "model")
+    GramFeatureExtractor.from_config(model.config).save_pretrained(tmp_path / "model")
+    foa = np.random.default_rng(2).uniform(-0.3, 0.3, (int(1.5 * SR), 4)).astype(np.float32)
+    sf.write(str(tmp_path / "foa.wav"), foa, SR, subtype="FLOAT")
+    base = [str(tmp_path / "foa.wav"), "--model", str(tmp_path / "model"), "--quiet"]
+    assert main([*base, "--output-dir", str(tmp_path / "unknown")]) == 1
+    assert "4-channel ambisonics of unknown convention" in capsys.readouterr().out
+    assert main([*base, "--output-dir", str(tmp_path / "out"), "--ambisonics-format", "ambix"]) == 0
+    extractor = GramFeatureExtractor.from_config(model.config)
+    with torch.no_grad():
+        inputs = extractor(foa.T, sampling_rate=SR, return_tensors="pt", ambisonics_format="ambix")
+        expected = model(**inputs).pooler_output[0]
+    assert relative_error(torch.from_numpy(np.load(tmp_path / "out" / "foa.wav.npy")), expected) < 1e-5

@@ -12,7 +12,7 @@ from configuration_gram import GramConfig
 from feature_extraction_gram import GramFeatureExtractor
 from modeling_gram import GramModel
 
-HUB_ID = "labhamlet/gramt-binaural-time"
+MODEL_DIR = "gram-binaural-time"  # the quick start's converted directory
 
 
 def readme_snippets() -> list[str]:
@@ -31,9 +31,9 @@ def local_default_model(tmp_path_factory):
 
 def test_readme_snippets_run_and_their_comments_hold(local_default_model):
     snippets = readme_snippets()
-    assert len(snippets) == 3
+    assert len(snippets) == 4
     namespace = {}
-    exec(snippets[0].replace(HUB_ID, local_default_model), namespace)
+    exec(snippets[0].replace(f'"{MODEL_DIR}"', repr(local_default_model)), namespace)
     assert tuple(namespace["inputs"]["input_values"].shape) == (1, 2, 501, 128)
     assert tuple(namespace["output"].pooler_output.shape) == (1, 768)
     assert tuple(namespace["output"].last_hidden_state.shape) == (1, 251, 768)
@@ -121,3 +121,64 @@ def test_readme_embedding_command_runs(tmp_path, monkeypatch, local_default_mode
     assert os.path.isfile("embeddings/recordings/day1/a.flac.npy") and os.path.isfile(
         "embeddings/extra.wav.timestamps.npy"
     )
+
+
+def test_readme_quick_start_commands_run(tmp_path, monkeypatch):
+    """The quick start's two gram-convert commands, verbatim: the Hub id from a fake Hub (huggingface_hub's
+    offline cache, holding an original wrapper's model.safetensors with ViT-B's 12 heads, narrow layers), and
+    the random-weights model (full size)."""
+    import shlex
+
+    from huggingface_hub import constants
+    from test_convert_checkpoint import save_runtime_safetensors
+    from test_hub_source import add_to_fake_hub
+
+    import convert_checkpoint
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        block = re.search(r"```bash\n(gram-convert --checkpoint labhamlet.*?)```", f.read(), flags=re.DOTALL).group(1)
+    commands = [shlex.split(line.split("#")[0]) for line in block.strip().splitlines()]
+    assert [argv[:2] for argv in commands] == [["gram-convert", "--checkpoint"], ["gram-convert", "--random-weights"]]
+    sizes = dict(hidden_size=96, num_hidden_layers=1, num_attention_heads=12, intermediate_size=96)
+    original = original_pretraining_model(
+        tiny_pretraining_config("binaural-time", decoder_num_hidden_layers=1, **sizes)
+    )
+    save_runtime_safetensors(original, tmp_path / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    add_to_fake_hub(tmp_path / "cache", commands[0][2], tmp_path / "model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        assert convert_checkpoint.main([*argv[1:], "--quiet"]) == 0
+    assert GramConfig.from_pretrained(tmp_path / "gram-binaural-time").hidden_size == 96
+    untrained = GramConfig.from_pretrained(tmp_path / "gram-untrained")
+    assert (untrained.hidden_size, untrained.patching) == (768, "time")
+    assert "UNTRAINED" in (tmp_path / "gram-untrained" / "README.md").read_text()
+
+
+def test_readme_pipeline_snippet_runs(tmp_path, monkeypatch, local_default_model):
+    """The pipelines snippet, verbatim, with the directories and audio it names made here."""
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+    from conftest import tiny_config
+
+    from modeling_gram import GramForAudioClassification
+
+    snippet = readme_snippets()[3]
+    monkeypatch.chdir(tmp_path)
+    labels = {0: "dog", 1: "siren"}
+    config = tiny_config("binaural-time", num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()})
+    GramForAudioClassification(config).save_pretrained("path/to/gram-classifier")
+    GramFeatureExtractor.from_config(config).save_pretrained("path/to/gram-classifier")
+    shutil.copytree(local_default_model, "gram-binaural-time")
+    rng = np.random.default_rng(0)
+    sf.write("scene.wav", (0.1 * rng.standard_normal((48000, 2))).astype(np.float32), 48000)
+    namespace = {"stereo_48k": (0.1 * rng.standard_normal((2, 3 * 48000))).astype(np.float32)}
+    exec(snippet, namespace)
+    result = namespace["classify"]("scene.wav")
+    assert {item["label"] for item in result} == {"dog", "siren"}
+    out = namespace["out"]
+    assert out["embedding"].shape == (768,) and out["frames"].shape == (151, 768)
+    assert out["timestamps"].shape == (151,) and out["timestamps"][1] == np.float32(0.02)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from configuration_gram import AMBISONICS_FORMATS, POOLING_STRATEGIES
+from embed_corpus import process_position
 from feature_extraction_gram import GramFeatureExtractor
 from gram_io import (
     AUDIO_EXTENSIONS,
@@ -205,13 +206,49 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
     return done, skipped
 
 
+def run_sharded(args: argparse.Namespace) -> int:
+    from embed_corpus import DatasetInputs, FileInputs, embed_corpus, process_position
+
+    rank, world = process_position()
+    try:
+        model, extractor = load_model(args)
+        if args.hf_dataset is not None:
+            inputs = DatasetInputs(
+                args.hf_dataset, args.hf_config, args.hf_split, args.hf_data_files, args.hf_audio_column,
+                args.hf_id_column, args.hf_local_paths,
+            )  # fmt: skip
+            sources = list(args.hf_data_files or [])
+        else:
+            files, skipped_inputs = resolve_inputs(args.inputs)
+            for path, reason in skipped_inputs:
+                print(f"  not an input {printable(path, 500)}: {printable(reason, 500)}")
+            inputs, sources = FileInputs(files), args.inputs
+        done, skipped, path = embed_corpus(args, model, extractor, inputs, sources)
+    except (ValueError, KeyError, OutputDirectoryError) as error:
+        print(f"error: {printable(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {printable(f'{error.strerror or error}: {error.filename or args.output_dir}')}", file=sys.stderr)
+        return 2
+    manifest = path / "manifest.parquet"
+    state = (
+        f"manifest: {manifest}" if manifest.is_file() else "other processes still running; the last writes the manifest"
+    )
+    print(f"Process {rank + 1}/{world}: embedded {done}, skipped {skipped} ({state}).")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="audio files and/or folders")
+    parser.add_argument("inputs", nargs="*", help="audio files and/or folders")
     parser.add_argument("--model", required=True, help="a GRAM directory or Hub id")
     parser.add_argument("--output-dir", required=True, help="directory to create (written as a whole)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous output of this command")
-    parser.add_argument("--format", choices=["npy", "safetensors", "parquet"], default="npy")
+    parser.add_argument(
+        "--format",
+        choices=["npy", "safetensors", "parquet"],
+        help="npy (default), safetensors or parquet; sharded runs write parquet parts",
+    )
     parser.add_argument("--strategy", choices=POOLING_STRATEGIES, default="raw")
     parser.add_argument("--layer", type=int, default=None, help="embed from this encoder layer (default: last)")
     parser.add_argument("--timestamps", action="store_true", help="also write time-resolved embeddings and times")
@@ -225,9 +262,42 @@ def main(argv=None) -> int:
         help="convention of 4-channel files (required for them): ambix (ACN/SN3D, most recordings), fuma, soundspaces",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    corpus = parser.add_argument_group(
+        "corpus scale (embed_corpus.py): sharded, resumable, any number of processes; implied under torchrun / "
+        "accelerate launch with more than one process, and by --hf-dataset"
+    )
+    corpus.add_argument("--sharded", action="store_true", help="write parquet parts and a manifest; rerun to resume")
+    corpus.add_argument("--part-size", type=int, default=1000, help="inputs per part file (the unit of resumption)")
+    corpus.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading and decoding audio")
+    corpus.add_argument("--bucket-batches", type=int, default=8, help="batches sorted by length together")
+    corpus.add_argument("--hf-dataset", help="a `datasets` name or builder (e.g. parquet), streamed")
+    corpus.add_argument("--hf-config")
+    corpus.add_argument("--hf-split", default="train")
+    corpus.add_argument("--hf-data-files", nargs="+", help="data files for a builder such as parquet")
+    corpus.add_argument("--hf-audio-column", default="audio")
+    corpus.add_argument("--hf-id-column", help="column of the records' ids (default: the record's position)")
+    corpus.add_argument("--hf-local-paths", action="store_true", help="read records that hold only a local file path")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    for flag, value in (("--part-size", args.part_size), ("--bucket-batches", args.bucket_batches)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if args.num_workers < 0:
+        parser.error(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if bool(args.inputs) == bool(args.hf_dataset):
+        parser.error("give audio files/folders, or --hf-dataset (not both)")
+    try:
+        sharded = args.sharded or args.hf_dataset is not None or process_position()[1] > 1
+    except ValueError as error:
+        parser.error(str(error))
+    if sharded:
+        if args.format not in (None, "parquet"):
+            parser.error("sharded runs write parquet parts; leave out --format or pass --format parquet")
+        if args.overwrite:
+            parser.error("sharded runs resume an existing output directory; --overwrite does not apply")
+        return run_sharded(args)
+    args.format = args.format or "npy"
     try:
         done, skipped = embed_files(args)
     except (ValueError, OutputDirectoryError) as error:

@@ -76,7 +76,15 @@ def synthetic_batch(scenes: int, audio_channels: int, device: torch.device, seco
 
 
 def bench(
-    size: str, variant: str, mode: str, device: torch.device, scenes: int, crops: int, steps: int, warmup: int
+    size: str,
+    variant: str,
+    mode: str,
+    device: torch.device,
+    scenes: int,
+    crops: int,
+    steps: int,
+    warmup: int,
+    compile_backend: str = "inductor",
 ) -> dict:
     config = GramConfig.from_variant(variant, **MODEL_SIZES[size])
     config._attn_implementation = "sdpa"
@@ -85,7 +93,7 @@ def bench(
     extractor = GramFeatureExtractor.from_config(config)
     builder = SceneBuilder(extractor, SceneConfig(crops_per_clip=crops))
     batch = synthetic_batch(scenes, extractor.audio_channels, device)
-    forward = torch.compile(model) if "compile" in mode else model
+    forward = torch.compile(model, backend=compile_backend) if "compile" in mode else model
     use_bf16 = mode.startswith("bf16")
 
     def step():

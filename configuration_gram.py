@@ -37,6 +37,9 @@ AMBISONICS_FORMATS = {
     # and N3D normalisation in habitat's listener frame (x right, y up, z back), so the channels are
     # W, up, back, right with first-order gains sqrt(3). The published GRAM-Ambisonics expects this layout.
     "soundspaces": ((1, 0, 0, 0), (0, 0, 0, _SQRT3), (0, -_SQRT3, 0, 0), (0, 0, -_SQRT3, 0)),
+    # W, X, Y, Z with SN3D (W at 0 dB): what this package's simulator wrote before 2026-11-30 (models pretrained
+    # on it carry ambisonics_layout="wxyz-sn3d"), and the layout of many ad-hoc renders.
+    "wxyz-sn3d": ((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)),
 }
 # The layout of the published ambisonic checkpoints and of this package's simulator.
 DEFAULT_AMBISONICS_LAYOUT = "soundspaces"
@@ -341,6 +344,21 @@ class GramConfig(PretrainedConfig):
     @property
     def custom_pipelines(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(GRAM_CUSTOM_PIPELINES)
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value) -> None:
+        # transformers' Pipeline.save_pretrained and config.update assign it; GRAM's table comes from the code.
+        logger.info("GramConfig.custom_pipelines is derived from pipeline_gram.py; the assigned value is ignored.")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        if config_dict.get("num_channels") == GRAM_FORMATS["ambisonics"] and "ambisonics_layout" not in config_dict:
+            logger.warning(
+                "This ambisonic config has no ambisonics_layout (written before it existed); assuming "
+                f"{DEFAULT_AMBISONICS_LAYOUT!r}, the published checkpoints' layout. A model pretrained with this "
+                "package before 2026-11-30 saw 'wxyz-sn3d': set ambisonics_layout in its config.json."
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

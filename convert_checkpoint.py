@@ -70,7 +70,7 @@ def load_untrusted_checkpoint(path: str) -> tuple[dict[str, TensorSpec], str]:
 
 # The weight file of the original huggingface_hub-mixin wrapper in its Hub repos.
 HUB_WEIGHTS_FILE = "model.safetensors"
-_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+_HUB_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -94,7 +94,7 @@ def resolve_checkpoint(checkpoint: str, revision: str | None = None, progress: b
                 raise ConversionError(f"{checkpoint} is a directory without {HUB_WEIGHTS_FILE}.")
             return weights, weights
         return checkpoint, checkpoint
-    if not _HUB_REPO_ID.match(checkpoint) or ".." in checkpoint or "--" in checkpoint:
+    if not _HUB_REPO_ID.fullmatch(checkpoint) or ".." in checkpoint or "--" in checkpoint:
         raise ConversionError(f"Checkpoint not found: {checkpoint} is no local file and no Hub repo id (owner/name).")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
@@ -490,8 +490,8 @@ def convert(
     With `dry_run`, the conversion is made and verified in a temporary directory that is then removed:
     nothing is written at `output_dir`."""
     say = _printer(progress)
-    if os.path.lexists(checkpoint):  # a bad output location is reported before any download
-        _checked_output(output_dir, [checkpoint], overwrite)
+    # A bad output location is reported before any download (and checked again against the file).
+    _checked_output(output_dir, [checkpoint] if os.path.lexists(checkpoint) else [], overwrite)
     path, source = resolve_checkpoint(checkpoint, revision, progress)
     output = _checked_output(output_dir, [path], overwrite)
 

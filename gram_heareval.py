@@ -14,9 +14,9 @@ the same arguments, after four adjustments that leave heareval's code and result
    are missing, stand-ins raise on use, naming the packages to install for event tasks; scene tasks never
    touch them.
 3. torch >= 2.6 loads checkpoints with `weights_only=True`, which refuses the Lightning checkpoints heareval
-   writes itself (their hyper-parameters hold classes). Only files under the run's own `./logs` folder, which
-   heareval has just written, are loaded with `weights_only=False`; every other `torch.load` keeps torch's
-   default.
+   writes itself (their hyper-parameters hold classes). Exactly the files this process saved (recorded when
+   Lightning writes them, matched by path, inode, size and modification time) are loaded with
+   `weights_only=False`; every other `torch.load`, of any file already on disk, keeps torch's default.
 4. For event tasks under pytorch-lightning 1.9, heareval looks up the post-processing of an epoch that was
    never validated (KeyError); it falls back to the latest validated epoch, as the authors' listen-eval-kit
    fork does.
@@ -33,7 +33,6 @@ import os
 import runpy
 import sys
 import types
-from pathlib import Path
 
 RUNNERS = {"embeddings": "heareval.embeddings.runner", "predictions": "heareval.predictions.runner"}
 
@@ -100,20 +99,42 @@ def install_stand_ins() -> list[str]:
     return installed
 
 
-def trust_own_checkpoints(logs: Path) -> None:
-    """`torch.load` of a file under `logs` (heareval's own Lightning checkpoints) with `weights_only=False`."""
+def trust_own_checkpoints() -> None:
+    """`torch.load` with `weights_only=False` for exactly the checkpoints this process saved (Lightning's
+    `TorchCheckpointIO.save_checkpoint`, which heareval's trainer uses), recognised by resolved path, inode, size
+    and modification time; every other file keeps torch's `weights_only=True`."""
     import torch
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    written: dict[str, tuple[int, int, int]] = {}
+
+    def identity(path) -> tuple[str, tuple[int, int, int]] | None:
+        try:
+            real = os.path.realpath(path)
+            status = os.stat(real)
+        except (OSError, TypeError, ValueError):
+            return None
+        return real, (status.st_ino, status.st_size, status.st_mtime_ns)
+
+    original_save = TorchCheckpointIO.save_checkpoint
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        result = original_save(self, checkpoint, path, storage_options)
+        known = identity(path)
+        if known is not None:
+            written[known[0]] = known[1]
+        return result
 
     original_load = torch.load
-    logs = logs.resolve()
 
     def load(f, *args, **kwargs):
         name = f if isinstance(f, (str, os.PathLike)) else getattr(f, "path", None) or getattr(f, "name", None)
-        if "weights_only" not in kwargs and isinstance(name, (str, os.PathLike)):
-            if Path(name).resolve().is_relative_to(logs):
-                kwargs["weights_only"] = False
+        known = identity(name) if isinstance(name, (str, os.PathLike)) else None
+        if "weights_only" not in kwargs and known is not None and written.get(known[0]) == known[1]:
+            kwargs["weights_only"] = False
         return original_load(f, *args, **kwargs)
 
+    TorchCheckpointIO.save_checkpoint = save_checkpoint
     torch.load = load
 
 
@@ -144,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: heareval is not installed: pip install --no-deps heareval==2021.1.3", file=sys.stderr)
         return 2
     install_stand_ins()
-    trust_own_checkpoints(Path("logs"))
+    trust_own_checkpoints()
     if argv[0] == "predictions":
         patch_event_epochs()
     module = RUNNERS[argv[0]]

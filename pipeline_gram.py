@@ -15,6 +15,7 @@ array at the model's rate, `(samples,)`, `(channels, samples)` or `(samples, cha
 from __future__ import annotations
 
 import io
+import os
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,11 @@ _CHANNEL_COUNTS = (1, 2, 4)
 
 def read_audio_input(inputs: Any, sampling_rate: int) -> tuple[np.ndarray, int]:
     """`(audio, rate)` of a pipeline input; audio `(samples,)` or `(channels, samples)` float32 or PCM."""
+    if isinstance(inputs, os.PathLike):
+        inputs = os.fspath(inputs)
+    if hasattr(inputs, "get_all_samples"):  # a torchcodec AudioDecoder, as `datasets` >= 4 gives audio columns
+        samples = inputs.get_all_samples()
+        return _as_channels_first(samples.data), int(samples.sample_rate)
     if isinstance(inputs, str):
         if inputs.startswith(("http://", "https://")):
             raise ValueError("GRAM pipelines read local files only: download the audio first.")
@@ -67,6 +73,15 @@ class _GramAudioPipeline(Pipeline):
     _load_feature_extractor = True
     _load_tokenizer = False
 
+    def __call__(self, inputs, **kwargs):
+        # transformers' padding collate cannot pad (channels, frames, mels) features: one clip per forward pass.
+        if int(kwargs.get("batch_size") or getattr(self, "_batch_size", None) or 1) > 1:
+            raise ValueError(
+                "GRAM pipelines embed one clip per forward pass (batch_size=1); for batches call the model on the "
+                "feature extractor's padded output, or use embed_audio.py."
+            )
+        return super().__call__(inputs, **kwargs)
+
     def preprocess(self, inputs, ambisonics_format: str | None = None):
         audio, rate = read_audio_input(inputs, self.feature_extractor.sampling_rate)
         return self.feature_extractor(
@@ -88,7 +103,9 @@ class GramAudioClassificationPipeline(_GramAudioPipeline):
         if function_to_apply not in (None, "softmax", "sigmoid", "none"):
             raise ValueError(f"function_to_apply must be softmax, sigmoid or none, got {function_to_apply!r}.")
         num_labels = self.model.config.num_labels
-        top_k = num_labels if top_k is None else min(int(top_k), num_labels)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None (all labels), got {top_k!r}.")
+        top_k = num_labels if top_k is None else min(top_k, num_labels)
         return {"ambisonics_format": ambisonics_format}, {}, {"top_k": top_k, "function_to_apply": function_to_apply}
 
     def _forward(self, model_inputs):

@@ -42,6 +42,8 @@ def encode(signal: np.ndarray, direction, convention: str) -> np.ndarray:
     elif convention == "soundspaces":
         habitat_x, habitat_y, habitat_z = -left, up, -front  # right, up, back
         gains = [1, SQRT3 * habitat_y, SQRT3 * habitat_z, SQRT3 * habitat_x]
+    elif convention == "wxyz-sn3d":  # the package's simulator before 2026-11-30
+        gains = [1, front, left, up]
     else:
         raise ValueError(convention)
     return np.stack([g * signal for g in gains]).astype(np.float32)
@@ -68,7 +70,7 @@ def mel_weight():
 
 
 @pytest.mark.parametrize("layout", ["soundspaces", "ambix"])
-@pytest.mark.parametrize("convention", ["ambix", "fuma", "soundspaces"])
+@pytest.mark.parametrize("convention", ["ambix", "fuma", "soundspaces", "wxyz-sn3d"])
 @pytest.mark.parametrize("name", sorted(DIRECTIONS))
 def test_plane_waves_point_along_the_model_axes(name, convention, layout, noise, mel_weight):
     direction = DIRECTIONS[name]
@@ -115,7 +117,7 @@ def test_four_channels_need_a_declared_convention(noise):
     foa = encode(noise, DIRECTIONS["left"], "ambix")
     with pytest.raises(ValueError, match="4-channel ambisonics of unknown convention: pass ambisonics_format="):
         extractor(foa, sampling_rate=SR)
-    with pytest.raises(ValueError, match="ambisonics_format must be one of ambix, fuma, soundspaces, got 'acn'"):
+    with pytest.raises(ValueError, match="ambisonics_format must be one of ambix, fuma, soundspaces, wxyz-sn3d, got 'acn'"):
         extractor(foa, sampling_rate=SR, ambisonics_format="acn")
     with pytest.raises(ValueError, match="ambisonics_layout must be one of"):
         GramConfig(ambisonics_layout="b-format")
@@ -181,3 +183,25 @@ def test_pretraining_reads_ambisonic_impulse_responses_in_their_declared_convent
     np.save(rirs / "r.npy", foa_rir(spec))
     dataset = build_dataset(DataArguments(**arguments), config, seed=0)
     np.testing.assert_allclose(dataset.rirs.draw(np.random.default_rng(0), SkippedFiles()), foa_rir(spec), atol=0)
+
+
+def test_old_ambisonic_configs_warn_about_their_assumed_layout(tmp_path, caplog):
+    import json
+
+    config = GramConfig.from_variant("ambisonics-time")
+    config.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    assert values["ambisonics_layout"] == "soundspaces"
+    del values["ambisonics_layout"]  # as written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            loaded = GramConfig.from_pretrained(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+    assert loaded.ambisonics_layout == "soundspaces" and "no ambisonics_layout" in caplog.text
+    loaded.custom_pipelines = {}  # transformers assigns it (Pipeline.save_pretrained); the code's table stays
+    assert "feature-extraction" in loaded.custom_pipelines

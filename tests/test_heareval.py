@@ -96,7 +96,7 @@ def test_heareval_runners_score_gram_on_a_binaural_task(tmp_path, original_and_c
             assert theirs.shape == (model.scene_embedding_size,)
             assert relative_error(theirs, ours) < 1e-5
 
-    run(tmp_path, "predictions", str(embedded.relative_to(tmp_path)), "--grid", "faster", "--grid-points", "1")
+    run(tmp_path, "predictions", str(embedded), "--grid", "faster", "--grid-points", "1")  # an absolute path
     scores = json.loads((embedded / "test.predicted-scores.json").read_text())
     assert 0.0 <= scores["test"]["test_top1_acc"] <= 1.0
 
@@ -128,3 +128,36 @@ def test_load_model_checks_the_authors_options(original_and_converted):
         gram_hear.load_model(str(checkpoint), use_decoder="true")
     model = gram_hear.load_model(str(checkpoint), strategy="cls", use_mwmae_decoder="false", in_channels=2, **HEADS)
     assert model.scene_embedding_size == TINY["hidden_size"]
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_only_the_checkpoints_this_process_saved_load_with_pickles(tmp_path, monkeypatch):
+    import lightning_fabric.plugins.io.torch_io as torch_io
+
+    import gram_heareval
+
+    monkeypatch.setattr(torch, "load", torch.load)  # restored after the test
+    monkeypatch.setattr(torch_io.TorchCheckpointIO, "save_checkpoint", torch_io.TorchCheckpointIO.save_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    gram_heareval.trust_own_checkpoints()
+    (tmp_path / "logs").mkdir()
+    planted = tmp_path / "logs" / "epoch=0.ckpt"
+    torch.save({"state": Payload(tmp_path / "ran")}, planted)  # already on disk: not this process's checkpoint
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        torch.load(planted)
+    assert not (tmp_path / "ran").exists()
+
+    own = tmp_path / "logs" / "best.ckpt"
+    torch_io.TorchCheckpointIO().save_checkpoint({"epoch": 3, "norm": torch.nn.Identity}, own)
+    assert torch.load(own)["norm"] is torch.nn.Identity  # heareval's own checkpoint (hyper-parameters hold classes)
+    torch.save({"state": Payload(tmp_path / "ran")}, own)  # replaced afterwards: no longer the one it saved
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        torch.load(own)
+    assert not (tmp_path / "ran").exists()

@@ -112,6 +112,7 @@ def test_revision_picks_the_commit_and_errors_are_one_line(tmp_path, fake_hub, c
         (["--checkpoint", REPO, "--revision", "v9"], f"Hub repo {REPO}@v9"),
         (["--checkpoint", str(first), "--revision", "v1"], "--revision applies to a Hub repo id"),
         (["--checkpoint", "not/a/repo"], "no local file and no Hub repo id"),
+        (["--checkpoint", "owner/name\n"], "no local file and no Hub repo id"),
         (["--checkpoint", str(tmp_path)], "is a directory without model.safetensors"),
     ]
     for args, message in cases:
@@ -133,6 +134,7 @@ def test_a_bad_output_location_is_reported_before_any_download(tmp_path, fake_hu
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "mine.txt").write_text("user data")
     assert main(["--checkpoint", str(original_file(tmp_path)), "--output-dir", str(tmp_path / "taken")]) == 2
+    assert main(["--checkpoint", REPO, "--output-dir", str(tmp_path / "taken")]) == 2  # a Hub id: no download
     assert (tmp_path / "taken" / "mine.txt").read_text() == "user data"
 
 

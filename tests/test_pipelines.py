@@ -139,3 +139,27 @@ def test_pipeline_inputs_are_checked(directories):
         classify(np.zeros((2, SR), np.float32), strategy="mean")
     with pytest.raises(ValueError, match="Cannot read the audio"):
         classify(b"not audio at all")
+    with pytest.raises(ValueError, match="one clip per forward pass"):
+        classify([np.zeros((2, SR), np.float32)] * 2, batch_size=2)
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        classify(np.zeros((2, SR), np.float32), top_k=0)
+
+
+def test_pipeline_reads_paths_and_audio_decoders(directories, tmp_path):
+    """pathlib paths, and torchcodec AudioDecoder-like objects (what `datasets` >= 4 gives for Audio columns)."""
+    import types
+
+    from transformers import pipeline
+
+    base, _, _ = directories
+    classify = pipeline("audio-classification", model=str(base / "classifier"), trust_remote_code=True)
+    audio = (0.1 * np.random.default_rng(5).standard_normal((2, SR))).astype(np.float32)
+    soundfile.write(tmp_path / "clip.wav", audio.T, SR, subtype="FLOAT")
+    decoder = types.SimpleNamespace(
+        get_all_samples=lambda: types.SimpleNamespace(data=torch.from_numpy(audio), sample_rate=SR)
+    )
+    expected = classify(audio, top_k=None)
+    for given in (tmp_path / "clip.wav", decoder):
+        got = classify(given, top_k=None)
+        assert [g["label"] for g in got] == [e["label"] for e in expected]
+        np.testing.assert_allclose([g["score"] for g in got], [e["score"] for e in expected], rtol=1e-5)

@@ -110,10 +110,16 @@ def resample(audio: np.ndarray, from_rate, to_rate: int, name: str = "") -> np.n
 
 
 def read_audio(
-    path: str | os.PathLike, sampling_rate: int, resample_other_rates: bool = True, sets: bool = False, name=None
+    path: str | os.PathLike,
+    sampling_rate: int,
+    resample_other_rates: bool = True,
+    sets: bool = False,
+    name=None,
+    channels: int | None = None,
 ) -> np.ndarray:
     """`(channels, samples)` float32 at `sampling_rate` from a wav/flac/ogg/mp3 file (soundfile) or an `.npy`
     array (read without pickle; already at `sampling_rate`; with `sets` also `(sources, channels, samples)`).
+    With `channels`, only the first `channels` channels are kept, before resampling (which then costs less).
     Errors are `BadAudioError`s prefixed with `name` (default: the file name; "" for none)."""
     import soundfile
 
@@ -130,7 +136,7 @@ def read_audio(
         raise
     except Exception as error:  # soundfile/numpy raise many types for corrupt files
         raise BadAudioError(f"{prefix}unreadable ({type(error).__name__}: {error})") from error
-    audio = check_audio(np.ascontiguousarray(data.T), name)
+    audio = check_audio(np.ascontiguousarray(data.T[:channels]), name)
     if rate != sampling_rate and not resample_other_rates:
         raise BadAudioError(f"{prefix}{rate} Hz, expected {sampling_rate} Hz (pass --resample)")
     return resample(audio, rate, sampling_rate, name)

@@ -59,12 +59,16 @@ def find_audio_files(folder: str | os.PathLike, extensions: Sequence[str] = AUDI
     return files
 
 
-def read_audio(path: str | os.PathLike, sampling_rate: int, sets: bool = False) -> np.ndarray:
+def read_audio(
+    path: str | os.PathLike, sampling_rate: int, sets: bool = False, channels: int | None = None
+) -> np.ndarray:
     """`(channels, samples)` float32 at `sampling_rate` (`gram_io.read_audio`; errors are `BadAudioError`s)."""
-    return gram_io.read_audio(path, sampling_rate, sets=sets)
+    return gram_io.read_audio(path, sampling_rate, sets=sets, channels=channels)
 
 
-def decode_record(value, sampling_rate: int, name: str, local_paths: bool = False) -> np.ndarray:
+def decode_record(
+    value, sampling_rate: int, name: str, local_paths: bool = False, channels: int | None = None
+) -> np.ndarray:
     """Audio of one `datasets` record: `{"bytes", "path"}` (an `Audio(decode=False)` column) or
     `{"array", "sampling_rate"}`. A record holding only a local `path` is read only with `local_paths`
     (a dataset from the Hub must not make the trainer open arbitrary files of this machine). Every problem
@@ -76,16 +80,17 @@ def decode_record(value, sampling_rate: int, name: str, local_paths: bool = Fals
                 audio, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
             except Exception as error:
                 raise BadAudioError(f"{name}: undecodable audio bytes ({error})") from error
-            return resample(check_audio(audio.T, name), rate, sampling_rate, name)
+            return resample(check_audio(np.ascontiguousarray(audio.T[:channels]), name), rate, sampling_rate, name)
         if isinstance(value, dict) and value.get("path") is not None:
             if not local_paths:
                 raise BadAudioError(
                     f"{name}: the record holds only a local path ({str(value['path'])[:200]}); "
                     "pass --hf_local_paths true to read such records"
                 )
-            return read_audio(value["path"], sampling_rate)
+            return read_audio(value["path"], sampling_rate, channels=channels)
         if isinstance(value, dict) and "array" in value and "sampling_rate" in value:
-            audio = check_audio(np.asarray(value["array"]), name)
+            audio = np.asarray(value["array"])
+            audio = check_audio(audio[:channels] if audio.ndim == 2 else audio, name)
             return resample(audio, value["sampling_rate"], sampling_rate, name)
     except BadAudioError:
         raise
@@ -124,8 +129,8 @@ class FolderSource:
         while True:
             usable = 0
             for index in rng.permutation(len(own)):
-                try:
-                    audio = read_audio(own[index], sampling_rate)
+                try:  # only the first channel is used: the others are not resampled
+                    audio = read_audio(own[index], sampling_rate, channels=1)
                 except BadAudioError as error:
                     skipped.skip("audio", str(own[index]), error)
                     continue
@@ -184,7 +189,7 @@ class HubSource:
                     raise KeyError(f"Column {self.column!r} not in the dataset (columns: {', '.join(record)}).")
                 try:
                     audio = decode_record(
-                        record[self.column], sampling_rate, f"{self.path}[{position}]", self.local_paths
+                        record[self.column], sampling_rate, f"{self.path}[{position}]", self.local_paths, channels=1
                     )
                 except BadAudioError as error:
                     skipped.skip("audio", f"record {position} of shard {shard}", error)

@@ -117,7 +117,9 @@ def test_four_channels_need_a_declared_convention(noise):
     foa = encode(noise, DIRECTIONS["left"], "ambix")
     with pytest.raises(ValueError, match="4-channel ambisonics of unknown convention: pass ambisonics_format="):
         extractor(foa, sampling_rate=SR)
-    with pytest.raises(ValueError, match="ambisonics_format must be one of ambix, fuma, soundspaces, wxyz-sn3d, got 'acn'"):
+    with pytest.raises(
+        ValueError, match="ambisonics_format must be one of ambix, fuma, soundspaces, wxyz-sn3d, got 'acn'"
+    ):
         extractor(foa, sampling_rate=SR, ambisonics_format="acn")
     with pytest.raises(ValueError, match="ambisonics_layout must be one of"):
         GramConfig(ambisonics_layout="b-format")

@@ -281,3 +281,27 @@ def test_archive_named_like_an_array_is_skipped(tmp_path):
     skipped = SkippedFiles()
     draws = [bank.draw(np.random.default_rng(i), skipped) for i in range(6)]
     assert all(d.shape == (1, 2, 8) for d in draws) and skipped.counts["impulse response"] >= 1
+
+
+def test_only_the_used_channel_is_resampled_and_it_is_unchanged(tmp_path):
+    """Sources use their first channel: reading only it (before resampling) gives the same samples."""
+    import soundfile as sf
+
+    import gram_io
+    from gram_training.data import decode_record
+
+    stereo = np.random.default_rng(3).uniform(-0.5, 0.5, (44100, 2)).astype(np.float32)
+    sf.write(tmp_path / "s.wav", stereo, 44100, subtype="FLOAT")
+    full = gram_io.read_audio(tmp_path / "s.wav", 32000)
+    first = gram_io.read_audio(tmp_path / "s.wav", 32000, channels=1)
+    assert first.shape == (1, full.shape[1]) and np.array_equal(first[0], full[0])
+    record = {"bytes": (tmp_path / "s.wav").read_bytes(), "path": None}
+    assert np.array_equal(decode_record(record, 32000, "s", channels=1), first)
+
+
+def test_data_benchmark_runs(capsys):
+    import benchmark_data
+
+    report = benchmark_data.main(["--clips", "2", "--scenes", "2", "--rates", "32000", "44100"])
+    assert len(report["runs"]) == 6 and all(run["scenes_per_s_per_worker"] > 0 for run in report["runs"])
+    assert "workers for" in capsys.readouterr().out

@@ -207,9 +207,10 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
 
 
 def run_sharded(args: argparse.Namespace) -> int:
-    from embed_corpus import DatasetInputs, FileInputs, embed_corpus, process_position
+    from embed_corpus import DatasetInputs, FileInputs, device_for_process, embed_corpus, process_position
 
     rank, world = process_position()
+    args.device = device_for_process(args.device)
     try:
         model, extractor = load_model(args)
         if args.hf_dataset is not None:

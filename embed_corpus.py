@@ -54,6 +54,14 @@ def process_position() -> tuple[int, int]:
     return rank, world
 
 
+def device_for_process(device: str) -> str:
+    """`cuda` means this process's own GPU under a launcher (LOCAL_RANK), not every process on GPU 0."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local_rank is not None:
+        return f"cuda:{int(local_rank)}"
+    return device
+
+
 def part_name(part: int) -> str:
     return f"part-{part:07d}.parquet"
 

@@ -178,3 +178,13 @@ def test_other_settings_or_foreign_directories_are_refused(corpus, tmp_path):
     assert os.listdir(tmp_path / "foreign") == ["notes.txt"]
     flags = run(tmp_path, *args, "--output-dir", "x", "--format", "npy", check=False)
     assert flags.returncode == 2 and "sharded runs write parquet parts" in flags.stderr
+
+
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    from embed_corpus import device_for_process
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert device_for_process("cuda") == "cuda:3" and device_for_process("cuda:1") == "cuda:1"
+    assert device_for_process("cpu") == "cpu"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert device_for_process("cuda") == "cuda"

@@ -17,6 +17,9 @@ Writes, per input file, the clip embedding ("scene") and with --timestamps the t
 The output directory is written as a whole (gram_io.staged_directory): it appears complete or not at all,
 and --overwrite replaces only a previous output of this command. Files that cannot be read, and clips whose
 embeddings would not be finite, are skipped, with a summary at the end (exit code 1 if nothing was embedded).
+
+Corpus scale (embed_corpus.py): with --sharded, with --hf-dataset, or under torchrun / accelerate launch with more
+than one process, the output is written in resumable parquet parts with a manifest instead.
 """
 
 from __future__ import annotations

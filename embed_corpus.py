@@ -248,13 +248,30 @@ def complete_part(path: Path, part: int, part_size: int, count: int | None) -> b
     return count is None or len(index) == min(part_size, count - start)
 
 
-def write_part(path: Path, part: int, rows: list[dict], rank: int) -> None:
+def part_schema(timestamps: bool):
+    """One schema for every part (a part whose inputs were all skipped has the same column types)."""
+    import pyarrow as pa
+
+    fields = [
+        ("index", pa.int64()),
+        ("id", pa.string()),
+        ("input", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("scene", pa.list_(pa.float32())),
+    ]
+    if timestamps:
+        fields += [("steps", pa.list_(pa.list_(pa.float32()))), ("timestamps", pa.list_(pa.float32()))]
+    return pa.schema(fields)
+
+
+def write_part(path: Path, part: int, rows: list[dict], rank: int, timestamps: bool) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = sorted(rows, key=lambda row: row["index"])
     temporary = path / PARTS / f".{part_name(part)}.tmp-{rank}-{os.getpid()}"
-    pq.write_table(pa.Table.from_pylist(rows), temporary)
+    pq.write_table(pa.Table.from_pylist(rows, schema=part_schema(timestamps)), temporary)
     os.replace(temporary, path / PARTS / part_name(part))  # the commit: a part file that exists is complete
 
 
@@ -312,7 +329,7 @@ def embed_corpus(args, model, extractor, inputs, sources: list[str]) -> tuple[in
 
     def finish_ready():
         for part in [p for p, n in expected.items() if len(results[p]) == n]:
-            write_part(path, part, results.pop(part), rank)
+            write_part(path, part, results.pop(part), rank, args.timestamps)
             del expected[part]
 
     def run_pending():

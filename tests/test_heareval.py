@@ -7,6 +7,7 @@ checkpoint must give the same embeddings as the converted directory."""
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -62,7 +63,14 @@ def write_task(root):
 def run(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
-    done = subprocess.run(["gram-heareval", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "gram_heareval", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
 

@@ -85,7 +85,10 @@ def bench(
     steps: int,
     warmup: int,
     compile_backend: str = "inductor",
+    profiler=None,
 ) -> dict:
+    """One configuration's timed steps; with `profiler` (a function of a step function, e.g. gpu_check's
+    `profile_top`), its result of one more step is returned under "profile"."""
     config = GramConfig.from_variant(variant, **MODEL_SIZES[size])
     config._attn_implementation = "sdpa"
     model = GramForPreTraining(config).to(device).train()
@@ -117,7 +120,9 @@ def bench(
     seconds = (time.perf_counter() - start) / steps
     samples = scenes * crops
     flops = pretraining_flops_per_sample(config) * samples / seconds
+    extra = {"profile": profiler(step, device)} if profiler is not None else {}
     return {
+        **extra,
         "size": size,
         "mode": mode,
         "scenes_per_step": scenes,

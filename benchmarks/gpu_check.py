@@ -16,6 +16,11 @@ Measured (full-size default model, binaural time patching, random weights: speed
 4. A short profile (top kernels by GPU time) of the best bf16 embedding run and of a pretraining step, saved in
    the JSON, to say what bounds a missed target.
 
+The JSON is rewritten after every measurement, so a failure late in the run keeps what was measured. Model
+FLOP/s count what is executed: a 10-s clip is 6 chunks, the sixth holding 1 real frame, so a sixth of the
+embedding FLOPs are padding. Each embedding batch goes through the encoder in one call (chunk_batch_size set
+to the batch's chunks).
+
 Targets (README, Scaling): embedding >= 3,000 clips/s in bf16; pretraining >= 45 % MFU.
 """
 
@@ -109,12 +114,14 @@ class EmbeddingBench:
         self.models[torch.bfloat16].load_state_dict(self.models[torch.float32].state_dict())
         self.compiled = {}
         frames = int(CLIP_SECONDS * SR) // config.hop_length + 1
-        self.flops_per_clip = -(-frames // config.chunk_frames) * encoder_flops_per_chunk(config)
+        self.chunks_per_clip = -(-frames // config.chunk_frames)  # 6 for 10 s: the last holds 1 real frame
+        # As executed: every chunk counts, the padded sixth too (a sixth of the FLOPs are padding).
+        self.flops_per_clip = self.chunks_per_clip * encoder_flops_per_chunk(config)
 
     def audio(self, batch: int) -> torch.Tensor:
-        generator = torch.Generator(device="cpu").manual_seed(batch)
-        clip = 0.1 * torch.randn(batch, self.extractor.audio_channels, int(CLIP_SECONDS * SR), generator=generator)
-        return clip.to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(batch)
+        shape = (batch, self.extractor.audio_channels, int(CLIP_SECONDS * SR))
+        return 0.1 * torch.randn(shape, generator=generator, device=self.device)
 
     def forward(self, dtype: torch.dtype, compiled: bool):
         model = self.models[dtype]
@@ -126,8 +133,12 @@ class EmbeddingBench:
 
     def run(self, batch: int, dtype: torch.dtype, with_features: bool, compiled: bool, repeats: int) -> dict:
         free(self.device)
+        # The whole batch in one encoder call: the default chunk_batch_size (32 chunks, ~5 clips) would cap the
+        # encoder's batch, and torch.compile would unroll its sub-batch loop.
+        for model in self.models.values():
+            model.config.chunk_batch_size = batch * self.chunks_per_clip
         audio = self.audio(batch)
-        features = self.extractor.extract(audio)  # (batch, C, frames, mels), float32 on the device
+        features = None if with_features else self.extractor.extract(audio)  # (batch, C, frames, mels) float32
         forward = self.forward(dtype, compiled)
 
         def step():
@@ -150,35 +161,42 @@ class EmbeddingBench:
         }
 
 
-def embedding_sweep(bench: EmbeddingBench, batches: list[int], repeats: int, deadline: float, log) -> list[dict]:
+def embedding_sweep(bench: EmbeddingBench, batches: list[int], repeats: int, deadline: float, log, save) -> list[dict]:
+    """bf16 first (the target's dtype), then fp32; each with log-mels excluded and included, batch sizes up to the
+    largest that fits; then compiled at each dtype's best batch. Every run is saved as soon as it is measured."""
     runs = []
     best_batch = {}
-    for dtype in (torch.float32, torch.bfloat16):
+
+    def attempt(batch, dtype, with_features, compiled) -> bool:
+        try:
+            run = bench.run(batch, dtype, with_features, compiled, repeats)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            log(f"{dtype} batch {batch} (compiled: {compiled}): out of memory")
+            free(bench.device)
+            return False
+        runs.append(run)
+        log(json.dumps(run))
+        save()
+        if not with_features and not compiled:
+            best_batch[dtype] = max(best_batch.get(dtype, (0, 0)), (run["clips_per_s"], batch))
+        return True
+
+    for dtype in (torch.bfloat16, torch.float32):
         for with_features in (False, True):
             for batch in batches:
                 if time.monotonic() > deadline:
                     log(f"time budget reached: {dtype} batch {batch} and larger left out")
                     break
-                try:
-                    run = bench.run(batch, dtype, with_features, compiled=False, repeats=repeats)
-                except Exception as error:
-                    if not is_out_of_memory(error):
-                        raise
-                    log(f"{dtype} batch {batch}: out of memory; the largest batch that fits is the previous one")
-                    free(bench.device)
-                    break
-                runs.append(run)
-                log(json.dumps(run))
-                if not with_features:
-                    best_batch[dtype] = max(best_batch.get(dtype, (0, 0)), (run["clips_per_s"], batch))
+                if not attempt(batch, dtype, with_features, compiled=False):
+                    break  # the previous batch is the largest that fits
     for dtype, (_, batch) in best_batch.items():  # compile once per dtype, at its best eager batch size
-        if time.monotonic() > deadline:
-            log(f"time budget reached: compiled {dtype} left out")
-            continue
         for with_features in (False, True):
-            run = bench.run(batch, dtype, with_features, compiled=True, repeats=repeats)
-            runs.append(run)
-            log(json.dumps(run))
+            if time.monotonic() > deadline:
+                log(f"time budget reached: compiled {dtype} left out")
+                break
+            attempt(batch, dtype, with_features, compiled=True)
     return runs
 
 
@@ -199,6 +217,7 @@ def bf16_accuracy(bench: EmbeddingBench, clips: int) -> dict:
 
 
 def pretraining(device, size, scenes, crops, steps, warmup, compile_backend, deadline, log) -> dict | None:
+    """bf16 + compile at `scenes` x `crops`, halving the scenes on out-of-memory; with a profile of one step."""
     mode = "bf16-compile"
     while scenes >= 1:
         if time.monotonic() > deadline:
@@ -206,7 +225,9 @@ def pretraining(device, size, scenes, crops, steps, warmup, compile_backend, dea
             return None
         free(device)
         try:
-            run = bench_pretraining(size, "binaural-time", mode, device, scenes, crops, steps, warmup, compile_backend)
+            run = bench_pretraining(
+                size, "binaural-time", mode, device, scenes, crops, steps, warmup, compile_backend, profile_top
+            )
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -275,16 +296,25 @@ def main(argv=None) -> dict:
         },
         "model": f"GRAM binaural-time, {size}",
     }
+    report.update(embedding=[], bf16_accuracy=None, embedding_profile=None, pretraining=None)
+
+    def save() -> None:  # after every measurement: a later failure keeps what was measured
+        report["wall_s"] = time.monotonic() - started
+        write_json(report, args.json)
+
     embedding = EmbeddingBench(config, device, compile_backend)
     log("embedding throughput ...")
-    report["embedding"] = embedding_sweep(embedding, batches, args.repeats, deadline, log)
+    report["embedding"] = embedding_sweep(embedding, batches, args.repeats, deadline, log, save)
     log("bf16 accuracy against fp32 on the CPU ...")
     report["bf16_accuracy"] = bf16_accuracy(embedding, accuracy_clips)
-    best = max((r for r in report["embedding"] if r["dtype"] == "bfloat16"), key=lambda r: r["clips_per_s"])
-    with_features = best["features"] == "included"
-    report["embedding_profile"] = profile_top(
-        lambda: embedding.run(best["batch"], torch.bfloat16, with_features, best["compiled"], 1), device
-    )
+    bf16_runs = [r for r in report["embedding"] if r["dtype"] == "bfloat16"]
+    best = max(bf16_runs, key=lambda r: r["clips_per_s"]) if bf16_runs else None
+    if best is not None:
+        with_features = best["features"] == "included"
+        report["embedding_profile"] = profile_top(
+            lambda: embedding.run(best["batch"], torch.bfloat16, with_features, best["compiled"], 1), device
+        )
+    save()
     embedding = None  # frees the models before pretraining
     free(device)
     log("pretraining (bf16 + compile) ...")
@@ -292,14 +322,12 @@ def main(argv=None) -> dict:
     if run is not None and peak:
         run["mfu"] = run["model_tflops_per_s"] / peak
     report["pretraining"] = run
-    report["wall_s"] = time.monotonic() - started
-
     report["targets"] = {
-        "embedding_bf16_clips_per_s": {"target": TARGET_CLIPS_PER_S, "measured": best["clips_per_s"]},
+        "embedding_bf16_clips_per_s": {"target": TARGET_CLIPS_PER_S, "measured": best and best["clips_per_s"]},
         "pretraining_mfu": {"target": TARGET_MFU, "measured": (run or {}).get("mfu")},
     }
+    save()
     print_report(report)
-    write_json(report, args.json)
     return report
 
 
@@ -317,7 +345,7 @@ def print_report(report: dict) -> None:
                      f"{r['model_tflops_per_s']:.1f}", share, memory])  # fmt: skip
     header = ["dtype", "compiled", "log-mels", "batch", "clips/s", "real time", "TFLOP/s", "of peak", "GiB"]
     print(table(header, rows))
-    accuracy = report["bf16_accuracy"]
+    accuracy = report["bf16_accuracy"] or {"relative_error": {}, "within_1e-2": False}
     errors = ", ".join(f"{k} {v:.1e}" for k, v in accuracy["relative_error"].items())
     print(
         f"\nbf16 on the device vs fp32 on the CPU: {errors} ({'within' if accuracy['within_1e-2'] else 'ABOVE'} 1e-2)"

@@ -23,6 +23,7 @@ def test_gpu_check_dry_run_covers_every_measurement(tmp_path, capsys):
         "cls",
     }
     assert saved["embedding_profile"] and saved["pretraining"]["mode"] == "bf16-compile"
+    assert saved["pretraining"]["profile"] and saved["embedding"][0]["dtype"] == "bfloat16"  # the target dtype first
     assert saved["pretraining"]["steps_per_s"] > 0
     printed = capsys.readouterr().out
     assert "| dtype | compiled | log-mels | batch | clips/s |" in printed and "target pretraining_mfu" in printed

@@ -135,6 +135,8 @@ class _NothingEmbedded(Exception):
 
 def load_model(args: argparse.Namespace) -> tuple[GramModel, GramFeatureExtractor]:
     model = GramModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
+    if args.chunk_batch_size is not None:  # chunks per encoder call: results are the same, memory and speed not
+        model.config.chunk_batch_size = args.chunk_batch_size
     try:
         extractor = GramFeatureExtractor.from_pretrained(args.model)
     except OSError:
@@ -216,16 +218,20 @@ def run_sharded(args: argparse.Namespace) -> int:
     args.device = device_for_process(args.device)
     try:
         model, extractor = load_model(args)
+        # Inputs are resolved before the output directory is made: a mistyped path leaves nothing behind.
         if args.hf_dataset is not None:
             inputs = DatasetInputs(
                 args.hf_dataset, args.hf_config, args.hf_split, args.hf_data_files, args.hf_audio_column,
                 args.hf_id_column, args.hf_local_paths,
             )  # fmt: skip
-            sources = list(args.hf_data_files or [])
+            sources = inputs.local_files()
         else:
             files, skipped_inputs = resolve_inputs(args.inputs)
             for path, reason in skipped_inputs:
                 print(f"  not an input {printable(path, 500)}: {printable(reason, 500)}")
+            if not files:
+                print("error: no audio files among the inputs; nothing written.", file=sys.stderr)
+                return 1
             inputs, sources = FileInputs(files), args.inputs
         done, skipped, path = embed_corpus(args, model, extractor, inputs, sources)
     except (ValueError, KeyError, OutputDirectoryError) as error:
@@ -239,6 +245,11 @@ def run_sharded(args: argparse.Namespace) -> int:
         f"manifest: {manifest}" if manifest.is_file() else "other processes still running; the last writes the manifest"
     )
     print(f"Process {rank + 1}/{world}: embedded {done}, skipped {skipped} ({state}).")
+    if manifest.is_file():  # the run is complete: exit 1 if not one input could be embedded, as a plain run does
+        import pyarrow.parquet as pq
+
+        statuses = pq.read_table(manifest, columns=["status"]).column("status").to_pylist()
+        return 0 if "ok" in statuses else 1
     return 0
 
 
@@ -257,6 +268,12 @@ def main(argv=None) -> int:
     parser.add_argument("--layer", type=int, default=None, help="embed from this encoder layer (default: last)")
     parser.add_argument("--timestamps", action="store_true", help="also write time-resolved embeddings and times")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--chunk-batch-size",
+        type=int,
+        help="2-s chunks per encoder call (default: the model's, 32 = ~5 clips of 10 s); on a GPU give about "
+        "6 x --batch-size so that a batch of 10-s clips is one call",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--resample", action="store_true", help="resample files not at 32 kHz")
@@ -284,7 +301,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    for flag, value in (("--part-size", args.part_size), ("--bucket-batches", args.bucket_batches)):
+    for flag, value in (("--part-size", args.part_size), ("--bucket-batches", args.bucket_batches),
+                        ("--chunk-batch-size", args.chunk_batch_size or 1)):  # fmt: skip
         if value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
     if args.num_workers < 0:

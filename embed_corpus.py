@@ -25,9 +25,11 @@ time), so that batches hold clips of similar length; padding is masked, so each 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -62,6 +64,27 @@ def device_for_process(device: str) -> str:
     return device
 
 
+def replace_atomically(target: Path, write) -> None:
+    """`write(temporary_path)` then rename onto `target`: readers see the old file or the new one, never half.
+    The temporary name is unique (mkstemp), also across machines sharing the directory."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(descriptor)
+    try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would not follow the user's umask
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def part_name(part: int) -> str:
     return f"part-{part:07d}.parquet"
 
@@ -83,7 +106,12 @@ class FileInputs:
         self.count = len(self.files)
 
     def items(self) -> Iterator[tuple[Item, object]]:
-        for index, file in enumerate(self.files):
+        return self.items_in(0, self.count)
+
+    def items_in(self, start: int, stop: int) -> Iterator[tuple[Item, object]]:
+        """The inputs at positions [start, stop) only (a reader of some parts touches nothing else)."""
+        for index in range(start, min(stop, self.count)):
+            file = self.files[index]
             yield Item(index, file.relative, file.path), file.path
 
     def describe(self) -> dict:
@@ -91,10 +119,50 @@ class FileInputs:
 
 
 class DatasetInputs:
+    """A `datasets` dataset. Local parquet files (`--hf-dataset parquet --hf-data-files ...`) are read directly
+    with pyarrow: their row counts come from the files' metadata, and each reader reads only the row groups of
+    its own parts. Anything else (a Hub dataset by name, other builders) is streamed with `datasets`: then every
+    reader streams the whole dataset (records of other parts are passed over undecoded)."""
+
     def __init__(self, path, name, split, data_files, audio_column, id_column, local_paths):
         self.path, self.name, self.split, self.data_files = path, name, split, data_files
         self.audio_column, self.id_column, self.local_paths = audio_column, id_column, local_paths
-        self.count = None  # known once streamed (STREAM_LENGTH)
+        self.count = None  # streams: known once streamed (STREAM_LENGTH)
+        self.parquet_files: list[str] = []
+        files = self.local_files()
+        if path == "parquet" and files and all(f.lower().endswith(".parquet") for f in files):
+            import pyarrow.parquet as pq
+
+            self.parquet_files = files
+            self.rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+            self.count = sum(self.rows)
+
+    def items_in(self, start: int, stop: int) -> Iterator[tuple[Item, object]]:
+        """Local parquet: the records at positions [start, stop), reading only the row groups that hold them."""
+        import pyarrow.parquet as pq
+
+        offset = 0
+        for file, rows in zip(self.parquet_files, self.rows):
+            low, high = max(start, offset), min(stop, offset + rows)
+            if low < high:
+                reader = pq.ParquetFile(file)
+                columns = [self.audio_column] + ([self.id_column] if self.id_column is not None else [])
+                missing = [c for c in columns if c not in reader.schema_arrow.names]
+                if missing:
+                    raise KeyError(
+                        f"Column {missing[0]!r} not in {file} (columns: {', '.join(reader.schema_arrow.names)})."
+                    )
+                group_start = offset
+                for group in range(reader.num_row_groups):
+                    group_rows = reader.metadata.row_group(group).num_rows
+                    first, last = max(low, group_start), min(high, group_start + group_rows)
+                    if first < last:
+                        table = reader.read_row_group(group, columns=columns).slice(first - group_start, last - first)
+                        for position, record in enumerate(table.to_pylist(), start=first):
+                            item_id = str(record[self.id_column]) if self.id_column is not None else str(position)
+                            yield Item(position, item_id, f"{self.path}[{position}]"), record[self.audio_column]
+                    group_start += group_rows
+            offset += rows
 
     def items(self) -> Iterator[tuple[Item, object]]:
         import datasets
@@ -115,8 +183,25 @@ class DatasetInputs:
             item_id = str(record[self.id_column]) if self.id_column is not None else str(index)
             yield Item(index, item_id, f"{self.path}[{index}]"), record[self.audio_column]
 
+    def local_files(self) -> list[str]:
+        """The local data files the patterns match (sorted); raises if a pattern matches none."""
+        found = []
+        for pattern in self.data_files or []:
+            matches = sorted(glob.glob(pattern))
+            if not matches and not _is_remote(pattern):
+                raise ValueError(f"--hf-data-files {pattern!r} matches no file.")
+            found += matches
+        return found
+
     def describe(self) -> dict:
+        # The files themselves (size, modification time), not only their patterns: a resumed run must read the
+        # same data. A Hub dataset by name is identified by its name, config and split only.
+        files = [
+            {"file": os.path.realpath(f), "size": os.stat(f).st_size, "mtime_ns": os.stat(f).st_mtime_ns}
+            for f in self.local_files()
+        ]
         return {
+            "files": files,
             "dataset": self.path,
             "config": self.name,
             "split": self.split,
@@ -124,6 +209,10 @@ class DatasetInputs:
             "audio_column": self.audio_column,
             "id_column": self.id_column,
         }
+
+
+def _is_remote(pattern: str) -> bool:
+    return "://" in pattern or pattern.startswith("hf://")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -142,6 +231,10 @@ class DecodedParts(IterableDataset):
     def __iter__(self):
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        count = self.inputs.count
+        if count is not None and (not isinstance(self.inputs, DatasetInputs) or self.inputs.parquet_files):
+            yield from self._own_parts(worker_id, workers, count)  # read only what this reader owns
+            return
         current, taken, take, total = None, 0, False, 0
         for item, source in self.inputs.items():
             total = item.index + 1
@@ -157,14 +250,30 @@ class DecodedParts(IterableDataset):
             if not take:
                 continue
             taken += 1
-            try:
-                audio = self._decode(source, item)
-                yield {"item": item, "part": part, "audio": audio, "error": None}
-            except Exception as error:  # an unusable input is recorded in the manifest, not a crash
-                yield {"item": item, "part": part, "audio": None, "error": str(error) or type(error).__name__}
+            yield self._decoded(item, part, source)
         if take:
             yield {"end": current, "count": taken}
         yield {"total": total}
+
+    def _own_parts(self, worker_id: int, workers: int, count: int):
+        for part in range(self.rank, -(-count // self.part_size), self.world):
+            if (part // self.world) % workers != worker_id:
+                continue
+            remove_stale_temporaries(self.path, part)
+            if complete_part(self.path, part, self.part_size, count):
+                continue
+            taken = 0
+            for item, source in self.inputs.items_in(part * self.part_size, (part + 1) * self.part_size):
+                taken += 1
+                yield self._decoded(item, part, source)
+            yield {"end": part, "count": taken}
+        yield {"total": count}
+
+    def _decoded(self, item: Item, part: int, source) -> dict:
+        try:
+            return {"item": item, "part": part, "audio": self._decode(source, item), "error": None}
+        except Exception as error:  # an unusable input is recorded in the manifest, not a crash
+            return {"item": item, "part": part, "audio": None, "error": str(error) or type(error).__name__}
 
     def _decode(self, source, item: Item) -> np.ndarray:
         if isinstance(source, str):
@@ -177,7 +286,7 @@ class DecodedParts(IterableDataset):
 def remove_stale_temporaries(path: Path, part: int) -> None:
     """Temporary files of `part` left by an interrupted run: this run's own files (their names are its own), and
     only the process that owns the part in this run writes them."""
-    for stale in glob.glob(str(path / PARTS / f".{part_name(part)}.tmp-*")):
+    for stale in glob.glob(glob.escape(str(path / PARTS / f".{part_name(part)}.tmp-")) + "*"):
         os.remove(stale)
 
 
@@ -210,9 +319,8 @@ def prepare_output(output_dir: str, sources: list[str], settings: dict, rank: in
     if rank == 0 and not run_file.is_file():
         check_output_dir(path, sources, overwrite=False, overwrite_flag=None)
         (path / PARTS).mkdir(parents=True, exist_ok=True)
-        temporary = path / f".{RUN_FILE}.tmp-{os.getpid()}"
-        temporary.write_text(json.dumps(settings, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(temporary, run_file)
+        text = json.dumps(settings, indent=1, sort_keys=True)
+        replace_atomically(run_file, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     deadline = time.monotonic() + wait_s
     while not run_file.is_file():
         if time.monotonic() > deadline:
@@ -270,9 +378,16 @@ def write_part(path: Path, part: int, rows: list[dict], rank: int, timestamps: b
     import pyarrow.parquet as pq
 
     rows = sorted(rows, key=lambda row: row["index"])
-    temporary = path / PARTS / f".{part_name(part)}.tmp-{rank}-{os.getpid()}"
-    pq.write_table(pa.Table.from_pylist(rows, schema=part_schema(timestamps)), temporary)
-    os.replace(temporary, path / PARTS / part_name(part))  # the commit: a part file that exists is complete
+    schema = part_schema(timestamps)
+    columns = {}
+    for field in schema:
+        values = [row[field.name] for row in rows]
+        if field.name in ("steps",):  # (steps, dim) float32 arrays, kept as numpy until here (memory)
+            values = [None if v is None else list(v) for v in values]
+        columns[field.name] = pa.array(values, type=field.type)
+    table = pa.Table.from_pydict(columns, schema=schema)
+    # The commit: a part file that exists is complete.
+    replace_atomically(path / PARTS / part_name(part), lambda temporary: pq.write_table(table, temporary))
 
 
 def write_manifest_if_complete(path: Path, part_size: int, count: int | None) -> bool:
@@ -296,9 +411,7 @@ def write_manifest_if_complete(path: Path, part_size: int, count: int | None) ->
         tables.append(table.append_column("row", pa.array(range(table.num_rows), pa.int64())))
     schema = pa.schema([(c, pa.int64() if c in ("index", "row") else pa.string()) for c in [*columns, "part", "row"]])
     manifest = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
-    temporary = path / f".{MANIFEST}.tmp-{os.getpid()}"
-    pq.write_table(manifest, temporary)
-    os.replace(temporary, path / MANIFEST)
+    replace_atomically(path / MANIFEST, lambda temporary: pq.write_table(manifest, temporary))
     return True
 
 
@@ -349,9 +462,8 @@ def embed_corpus(args, model, extractor, inputs, sources: list[str]) -> tuple[in
         if "total" in message:
             if count is None and message["total"] > 0:
                 count = message["total"]
-                temporary = path / f".{STREAM_LENGTH}.tmp-{os.getpid()}"
-                temporary.write_text(json.dumps({"count": count}))
-                os.replace(temporary, path / STREAM_LENGTH)
+                text = json.dumps({"count": count})
+                replace_atomically(path / STREAM_LENGTH, lambda temporary, text=text: temporary.write_text(text))
         elif "end" in message:
             expected[message["end"]] = message["count"]
         elif message["error"] is not None:
@@ -377,10 +489,11 @@ def _as_is(message):
 
 def row_of(item: Item, status: str, error: str | None, args, tensors: dict | None = None) -> dict:
     row = {"index": item.index, "id": item.id, "input": item.input, "status": status, "error": error}
-    row["scene"] = None if tensors is None else tensors["scene"].tolist()
+    # numpy until the part is written: Python floats would take 8x the memory of float32 arrays
+    row["scene"] = None if tensors is None else tensors["scene"]
     if args.timestamps:
-        row["steps"] = None if tensors is None else tensors["steps"].tolist()
-        row["timestamps"] = None if tensors is None else tensors["timestamps"].tolist()
+        row["steps"] = None if tensors is None else tensors["steps"]
+        row["timestamps"] = None if tensors is None else tensors["timestamps"]
     return row
 
 

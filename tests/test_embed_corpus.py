@@ -188,3 +188,83 @@ def test_each_process_takes_its_own_gpu(monkeypatch):
     assert device_for_process("cpu") == "cpu"
     monkeypatch.delenv("LOCAL_RANK")
     assert device_for_process("cuda") == "cuda"
+
+
+def test_nothing_to_embed_and_changed_data_files(corpus, tmp_path):
+    base, _, clips = corpus
+    model = ["--model", str(base / "model")]
+    missing = run(tmp_path, "no-such-folder", *model, "--output-dir", "out", "--sharded", check=False)
+    assert missing.returncode == 1 and not (tmp_path / "out").exists()  # nothing made: the fixed command can run
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.wav").write_bytes(b"RIFF broken")
+    bad = run(tmp_path, "bad", *model, "--output-dir", "out", "--sharded", check=False)
+    assert (
+        bad.returncode == 1 and "skipped" in pq.read_table(tmp_path / "out" / "manifest.parquet")["status"][0].as_py()
+    )
+    unmatched = run(tmp_path, *model, "--hf-dataset", "parquet", "--hf-data-files", "none-*.parquet",
+                    "--output-dir", "ds", check=False)  # fmt: skip
+    assert unmatched.returncode == 2 and "matches no file" in unmatched.stderr and not (tmp_path / "ds").exists()
+
+    buffer = io.BytesIO()
+    sf.write(buffer, next(iter(clips.values())), SR, format="WAV", subtype="FLOAT")
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"audio": {"bytes": buffer.getvalue(), "path": "a.wav"}}]),
+                   tmp_path / "data" / "a.parquet")  # fmt: skip
+    args = [
+        *model,
+        "--hf-dataset",
+        "parquet",
+        "--hf-data-files",
+        str(tmp_path / "data" / "*.parquet"),
+        "--output-dir",
+        "ds",
+    ]
+    run(tmp_path, *args)
+    mode = (tmp_path / "ds" / "parts" / "part-0000000.parquet").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask()  # outputs follow the umask
+    time.sleep(0.01)
+    pq.write_table(pa.Table.from_pylist([{"audio": {"bytes": buffer.getvalue(), "path": "b.wav"}}]),
+                   tmp_path / "data" / "b.parquet")  # fmt: skip
+    changed = run(tmp_path, *args, check=False)
+    assert changed.returncode == 2 and "other settings (inputs)" in changed.stderr
+
+
+def _umask():
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def test_chunk_batch_size_changes_nothing_but_memory(corpus, tmp_path):
+    from embed_audio import main
+
+    base, _, _ = corpus
+    common = [str(base / "audio" / "c11.wav"), "--model", str(base / "model"), "--quiet"]
+    assert main([*common, "--output-dir", str(tmp_path / "a"), "--chunk-batch-size", "1"]) == 0
+    assert main([*common, "--output-dir", str(tmp_path / "b")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "a" / "c11.wav.npy"), np.load(tmp_path / "b" / "c11.wav.npy"),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_streamed_datasets_two_processes(corpus, tmp_path):
+    """A builder that is not local parquet (here `json` records holding arrays) is streamed with `datasets`; every
+    reader streams it and decodes only its own parts: the same inputs once, the model's embeddings."""
+    import json
+
+    base, model, clips = corpus
+    chosen = list(clips.items())[:5]
+    with open(tmp_path / "data.jsonl", "w") as handle:
+        for name, clip in chosen:
+            record = {"key": name, "audio": {"array": clip.T[:, : SR // 2].tolist(), "sampling_rate": SR}}
+            handle.write(json.dumps(record) + "\n")
+    args = ["--model", str(base / "model"), "--hf-dataset", "json", "--hf-data-files", str(tmp_path / "data.jsonl"),
+            "--hf-id-column", "key", "--part-size", "2", "--output-dir", "out"]  # fmt: skip
+    run(tmp_path, *args, processes=2)
+    manifest, rows = read_output(tmp_path / "out")
+    assert sorted(row["id"] for row in manifest) == sorted(name for name, _ in chosen)
+    assert (tmp_path / "out" / "stream-length.json").is_file()  # the stream's length, learned while streaming
+    extractor = GramFeatureExtractor()
+    for name, clip in chosen[:2]:
+        with torch.no_grad():
+            out = model(**extractor(clip.T[:, : SR // 2], sampling_rate=SR, return_tensors="pt"))
+        assert relative_error(torch.tensor(rows[name]["scene"]), out.pooler_output[0]) < 1e-5

@@ -268,3 +268,20 @@ def test_streamed_datasets_two_processes(corpus, tmp_path):
         with torch.no_grad():
             out = model(**extractor(clip.T[:, : SR // 2], sampling_rate=SR, return_tensors="pt"))
         assert relative_error(torch.tensor(rows[name]["scene"]), out.pooler_output[0]) < 1e-5
+
+
+def test_accelerate_launch_runs_it_unchanged(corpus, tmp_path):
+    """`accelerate launch --multi_gpu` starts the processes through torchrun; on this GPU-less machine the same
+    command runs on CPU, as a user's multi-GPU command does on GPUs."""
+    base, _, clips = corpus
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RANK", "WORLD_SIZE")}
+    env["HF_HUB_OFFLINE"] = "1"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "embed_audio",
+               str(base / "audio"), "--model", str(base / "model"), "--output-dir", "out", "--part-size", "4",
+               "--quiet"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Process 1/2" in done.stdout and "Process 2/2" in done.stdout
+    manifest, rows = read_output(tmp_path / "out")
+    assert sorted(row["id"] for row in manifest) == sorted([*clips, "audio/broken.wav"])

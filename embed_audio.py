@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from configuration_gram import AMBISONICS_FORMATS, POOLING_STRATEGIES
-from embed_corpus import process_position
+from embed_corpus import clip_embeddings, process_position
 from feature_extraction_gram import GramFeatureExtractor
 from gram_io import (
     AUDIO_EXTENSIONS,
@@ -176,12 +176,8 @@ def embed_files(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
                 with torch.inference_mode():
                     out = model(**inputs, strategy=args.strategy, layer=args.layer)
                 for i, (item, _) in enumerate(batch):
-                    tensors = {"scene": out.pooler_output[i].float().cpu().numpy()}
-                    if args.timestamps:
-                        steps = int(out.embedding_mask[i].sum())
-                        tensors["steps"] = out.last_hidden_state[i, :steps].float().cpu().numpy()
-                        tensors["timestamps"] = out.timestamps[:steps].cpu().numpy()
-                    if not all(np.isfinite(value).all() for value in tensors.values()):
+                    tensors = clip_embeddings(out, i, args.timestamps)
+                    if tensors is None:
                         skipped.append((item.path, f"non-finite embedding (in {args.dtype}); not written"))
                         continue
                     writer.write(item, tensors)

@@ -516,13 +516,20 @@ def embed_batch(args, model, extractor, batch: list[dict]) -> list[dict]:
         out = model(**inputs, strategy=args.strategy, layer=args.layer)
     rows = []
     for i, message in enumerate(batch):
-        tensors = {"scene": out.pooler_output[i].float().cpu().numpy()}
-        if args.timestamps:
-            steps = int(out.embedding_mask[i].sum())
-            tensors["steps"] = out.last_hidden_state[i, :steps].float().cpu().numpy()
-            tensors["timestamps"] = out.timestamps[:steps].float().cpu().numpy()
-        if all(np.isfinite(value).all() for value in tensors.values()):
+        tensors = clip_embeddings(out, i, args.timestamps)
+        if tensors is not None:
             rows.append(row_of(message["item"], "ok", None, args, tensors))
         else:
             rows.append(row_of(message["item"], "skipped", f"non-finite embedding (in {args.dtype})", args))
     return rows
+
+
+def clip_embeddings(out, index: int, timestamps: bool) -> dict[str, np.ndarray] | None:
+    """Clip `index` of a model output as float32 numpy: "scene", and with `timestamps` its real "steps" and
+    their "timestamps" (ms); None when any value is not finite (never written)."""
+    tensors = {"scene": out.pooler_output[index].float().cpu().numpy()}
+    if timestamps:
+        steps = int(out.embedding_mask[index].sum())
+        tensors["steps"] = out.last_hidden_state[index, :steps].float().cpu().numpy()
+        tensors["timestamps"] = out.timestamps[:steps].float().cpu().numpy()
+    return tensors if all(np.isfinite(value).all() for value in tensors.values()) else None

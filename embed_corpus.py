@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gram_io import OutputDirectoryError, check_output_dir, printable, read_audio
+from gram_io import OutputDirectoryError, check_output_dir, current_umask, printable, read_audio
 
 RUN_FILE = ".gram-embedding-run.json"
 PARTS = "parts"
@@ -70,19 +70,13 @@ def replace_atomically(target: Path, write) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(descriptor)
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would not follow the user's umask
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 would not follow the user's umask
         write(Path(temporary))
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def part_name(part: int) -> str:
@@ -165,16 +159,9 @@ class DatasetInputs:
             offset += rows
 
     def items(self) -> Iterator[tuple[Item, object]]:
-        import datasets
+        from gram_training.data import _iterate_plain, open_audio_stream
 
-        from gram_training.data import _iterate_plain
-
-        dataset = datasets.load_dataset(
-            self.path, self.name, split=self.split, data_files=self.data_files, streaming=True
-        )
-        features = dataset.features or {}
-        if self.audio_column in features and isinstance(features[self.audio_column], datasets.Audio):
-            dataset = dataset.cast_column(self.audio_column, datasets.Audio(decode=False))  # decoded by us
+        dataset = open_audio_stream(self.path, self.name, self.split, self.data_files, self.audio_column)
         for index, record in enumerate(_iterate_plain(dataset)):
             if self.audio_column not in record:
                 raise KeyError(f"Column {self.audio_column!r} not in the dataset (columns: {', '.join(record)}).")

@@ -37,8 +37,6 @@ from modeling_gram import GramModel, GramModelOutput
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "labhamlet/gramt-binaural-time"  # an original Hub repo: converted in memory
-# Shortest clip the extractor takes: the reflect-padded STFT needs more than n_fft // 2 = 512 samples.
-_MIN_SAMPLES = 513
 _CHANNEL_COUNTS = tuple(sorted(set(AUDIO_CHANNELS.values())))
 LOAD_MODEL_OPTIONS = (
     "strategy",
@@ -99,7 +97,8 @@ class GramHearModel(torch.nn.Module):
                 "Expected audio (n_sounds, n_samples), (n_sounds, n_samples, channels) or (n_sounds, channels, "
                 f"n_samples), got {tuple(audio.shape)}."
             )
-        if audio.ndim == 3 and audio.shape[2] in _CHANNEL_COUNTS and audio.shape[1] >= _MIN_SAMPLES:
+        shortest = self.extractor.n_fft // 2 + 1  # the reflect-padded STFT needs more samples than n_fft // 2
+        if audio.ndim == 3 and audio.shape[2] in _CHANNEL_COUNTS and audio.shape[1] >= shortest:
             audio = audio.transpose(1, 2)  # heareval / listen-eval-kit: soundfile's (samples, channels) per clip
         if audio.ndim == 3 and audio.shape[1] == 4 and self.model.config.audio_channels == 4:
             if self.ambisonics_format is None:

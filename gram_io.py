@@ -323,7 +323,8 @@ def _remove_own_files(directory: Path, files: Iterable[str]) -> None:
         logger.warning("Left %s in place: it holds files this command did not write.", directory)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -390,7 +391,7 @@ def staged_directory(
             yield staging
             written = sorted(_files_under(staging) - {OUTPUT_MARKER})
             (staging / OUTPUT_MARKER).write_text(json.dumps({"tool": tool, "files": written}, indent=1) + "\n")
-            mask = _umask()
+            mask = current_umask()
             for base, _, files in os.walk(staging):  # mkdtemp and some writers make private files
                 os.chmod(base, 0o777 & ~mask)
                 for name in files:

@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-_CHANNEL_COUNTS = (1, 2, 4)
+try:  # loaded by transformers as remote code (a package)
+    from .feature_extraction_gram import ACCEPTED_AUDIO_CHANNELS
+except ImportError:  # imported directly from the repository root
+    from feature_extraction_gram import ACCEPTED_AUDIO_CHANNELS
 
 
 def read_audio_input(inputs: Any, sampling_rate: int) -> tuple[np.ndarray, int]:
@@ -62,7 +65,7 @@ def _as_channels_first(array: Any) -> np.ndarray:
         raise TypeError(
             f"Expected audio as a file path, bytes, a dict, or a numpy/torch array; got {type(array).__name__}."
         )
-    if array.ndim == 2 and array.shape[0] not in _CHANNEL_COUNTS and array.shape[1] in _CHANNEL_COUNTS:
+    if array.ndim == 2 and array.shape[0] not in ACCEPTED_AUDIO_CHANNELS and array.shape[1] in ACCEPTED_AUDIO_CHANNELS:
         return np.ascontiguousarray(array.T)  # (samples, channels), as soundfile and `datasets` give it
     return array
 

@@ -160,15 +160,7 @@ class HubSource:
         self.local_paths = local_paths
 
     def _dataset(self):
-        import datasets
-
-        dataset = datasets.load_dataset(
-            self.path, self.name, split=self.split, data_files=self.data_files, streaming=True
-        )
-        features = dataset.features or {}
-        if self.column in features and isinstance(features[self.column], datasets.Audio):
-            dataset = dataset.cast_column(self.column, datasets.Audio(decode=False))
-        return dataset
+        return open_audio_stream(self.path, self.name, self.split, self.data_files, self.column)
 
     def records(self, shard: int, num_shards: int, rng: np.random.Generator, sampling_rate: int, skipped: SkippedFiles):
         from datasets.distributed import split_dataset_by_node
@@ -199,6 +191,17 @@ class HubSource:
             if usable == 0:
                 raise ValueError(f"Shard {shard}/{num_shards} of {self.path} has no readable audio.")
             epoch += 1
+
+
+def open_audio_stream(path, name, split, data_files, column):
+    """A `datasets` dataset streamed with its audio column undecoded (`{"bytes", "path"}`), for `decode_record`."""
+    import datasets
+
+    dataset = datasets.load_dataset(path, name, split=split, data_files=data_files, streaming=True)
+    features = dataset.features or {}
+    if column in features and isinstance(features[column], datasets.Audio):
+        dataset = dataset.cast_column(column, datasets.Audio(decode=False))
+    return dataset
 
 
 def _iterate_plain(dataset):

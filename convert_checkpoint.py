@@ -496,22 +496,41 @@ def convert(
     output = _checked_output(output_dir, [path], overwrite)
 
     say(f"Reading {source} (names and shapes only) ...")
+    model = read_original(
+        path, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only, progress
+    )
+    model.config.architectures = [type(model).__name__]
+    source_line = f"source checkpoint | `{_card_name(source)}` (sha256 `{file_sha256(path)}`)"
+    say("Writing and verifying the directory (reloaded and compared) ...")
+    return output, _write_output(model, output, [path], overwrite, dry_run, repo_id, source_line)
+
+
+def read_original(
+    path: str,
+    audio_format: str | None,
+    patching: str | None,
+    num_attention_heads: int,
+    decoder_num_attention_heads: int,
+    encoder_only: bool | None,
+    progress: bool = False,
+):
+    """The model of a local original checkpoint, through every check: safe reading, the key table, the
+    configuration and shapes validated before any byte is read, the derived buffers compared. `encoder_only`
+    None: as the checkpoint is (with or without decoder)."""
     specs, kind = load_untrusted_checkpoint(path)
     mapped, derived = map_original_keys(specs)
+    if encoder_only is None:
+        encoder_only = not any(key.startswith("decoder.") for key in mapped)
     config = infer_config(
         mapped, audio_format, patching, num_attention_heads, decoder_num_attention_heads, encoder_only
     )
     checked_shapes(mapped, config, encoder_only)
     check_derived_buffers(derived, config)
-    say(
+    _printer(progress)(
         f"{kind}: {len(mapped)} weights fit GRAM {config.audio_format}-{config.patching} "
         f"({config.num_hidden_layers} layers, width {config.hidden_size}); reading them ..."
     )
-    model = build_model(mapped, config, encoder_only, progress)
-    config.architectures = [type(model).__name__]
-    source_line = f"source checkpoint | `{_card_name(source)}` (sha256 `{file_sha256(path)}`)"
-    say("Writing and verifying the directory (reloaded and compared) ...")
-    return output, _write_output(model, output, [path], overwrite, dry_run, repo_id, source_line)
+    return build_model(mapped, config, encoder_only, progress)
 
 
 def load_original_encoder(
@@ -521,14 +540,8 @@ def load_original_encoder(
     in memory with the same checks as `convert` (safe reading, shapes validated before any byte is read,
     derived buffers compared): for tools that take original checkpoints directly (the HEAR module)."""
     path, _ = resolve_checkpoint(checkpoint, revision)
-    specs, _ = load_untrusted_checkpoint(path)
-    mapped, derived = map_original_keys(specs)
-    encoder_only = not any(key.startswith("decoder.") for key in mapped)
-    config = infer_config(mapped, None, None, num_attention_heads, decoder_num_attention_heads, encoder_only)
-    checked_shapes(mapped, config, encoder_only)
-    check_derived_buffers(derived, config)
-    model = build_model(mapped, config, encoder_only)
-    encoder = model if encoder_only else model.gram
+    model = read_original(path, None, None, num_attention_heads, decoder_num_attention_heads, encoder_only=None)
+    encoder = getattr(model, "gram", model)
     encoder.config.architectures = ["GramModel"]
     return encoder.eval()
 
